@@ -1,0 +1,381 @@
+"""The `dynamic` chunk planner: scene-aware windows and per-window compression ratios.
+
+Video-XL's paper (VIDEO_XL.md section 4) measures information density with CLIP image embeddings of
+adjacent sampled frames and compresses fast-changing spans more finely; the released code does not
+contain it, so this project defines the mapping to windows and ratios (DESIGN.md "Chunk planning"):
+
+1. `adjacent_similarity`: `s_i = cos(f_i, f_{i+1})` for the F - 1 gaps between sampled frames.
+2. `depth_scores`: `depth_i = lpeak_i + rpeak_i - 2 s_i`, where lpeak/rpeak climb left/right from gap
+   `i` while the similarity does not decrease (TextTiling, Hearst 1997; VideoLLaMB's scene tiling).
+3. `find_boundaries`: a new segment starts at frame `i + 1` where `depth_i > mean + alpha * std`
+   (population std, alpha 0.5) and `depth_i > MIN_DEPTH` (float32 noise floor).
+4. Segments are cut into near-equal windows of at most `window_tokens // tokens_per_frame` frames.
+5. `_allocate_ratios`: ratios from the allowed set so that the VST count (by the carry rule of
+   `ChunkPlan.layout`) meets the budget `visual_tokens // target_ratio`, smallest ratios to the
+   windows with the most change (mean `1 - s_i` inside the window). See `_allocate_ratios`.
+
+Pure numpy/torch; deterministic (no RNG; ties broken by window index). Shapes: F frames, E embedding
+width, W windows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from model.plan import ChunkPlan, PlannedWindow, register_planner
+
+DEFAULT_RATIOS = (2, 4, 8, 16)
+"""Allowed compression ratios (visual tokens per VST)."""
+
+MIN_DEPTH = 1e-4
+"""Depth scores at or below this are never boundaries: float32 CLIP embeddings of the same frame in
+different batches differ by about 1e-7, which must not cut a static shot."""
+
+_CHANGE_DIGITS = 12  # window change scores are rounded so that float summation order cannot reorder ties
+_PRIORITY_EPS = 1e-9  # keeps zero-change windows ordered by their ratio, then index
+
+
+def _as_matrix(embeddings: torch.Tensor | np.ndarray) -> np.ndarray:
+    """float64 (F, E) copy of `embeddings`, validated."""
+    if isinstance(embeddings, torch.Tensor):
+        x = embeddings.detach().to("cpu", torch.float64).numpy()
+    elif isinstance(embeddings, np.ndarray):
+        if not (np.issubdtype(embeddings.dtype, np.floating) or np.issubdtype(embeddings.dtype, np.integer)):
+            raise ValueError(f"embeddings must be a real-valued array, got dtype {embeddings.dtype}")
+        x = embeddings.astype(np.float64)
+    else:
+        raise ValueError(f"embeddings must be a torch.Tensor or numpy array (F, E), got {type(embeddings).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"embeddings must have shape (F, E), got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("cannot plan a video with 0 frames: embeddings have shape (0, E)")
+    if x.shape[1] == 0:
+        raise ValueError(f"embeddings have width 0: shape {tuple(x.shape)}")
+    if not np.isfinite(x).all():
+        raise ValueError("embeddings contain NaN or infinite values")
+    return x
+
+
+def _as_vector(values: np.ndarray | torch.Tensor | list, name: str) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        v = values.detach().to("cpu", torch.float64).numpy()
+    else:
+        v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(v.shape)}")
+    if not np.isfinite(v).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return v
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm; all-zero rows stay zero."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def adjacent_similarity(embeddings: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Cosine similarity of adjacent frames, `s_i = cos(f_i, f_{i+1})` (VIDEO_XL.md section 4).
+
+    Args:
+        embeddings: (F, E) frame embeddings (need not be normalised), F >= 1.
+
+    Returns:
+        float64 (F - 1,) in [-1, 1]; empty for one frame. An all-zero embedding has similarity 0.
+
+    Raises:
+        ValueError: not 2-D, no frames, zero width, or non-finite values.
+    """
+    unit = _unit_rows(_as_matrix(embeddings))  # (F, E)
+    sim = np.einsum("fe,fe->f", unit[:-1], unit[1:])  # (F - 1,)
+    return np.clip(sim, -1.0, 1.0)
+
+
+def depth_scores(similarity: np.ndarray | torch.Tensor | list) -> np.ndarray:
+    """TextTiling depth of each gap: `depth_i = lpeak_i + rpeak_i - 2 s_i` (VIDEO_XL.md section 4).
+
+    `lpeak_i` is reached by moving left from gap `i` while the similarity does not decrease
+    (`s_{j-1} >= s_j`), `rpeak_i` likewise to the right; this is VideoLLaMB's `cal_depth_score`,
+    computed in O(F) (`lpeak_i = lpeak_{i-1}` when `s_{i-1} >= s_i`, else `s_i`).
+
+    Args:
+        similarity: (F - 1,) adjacent similarities.
+
+    Returns:
+        float64 (F - 1,), all >= 0; zero where a gap is its own left and right peak.
+
+    Raises:
+        ValueError: not 1-D or non-finite values.
+    """
+    s = _as_vector(similarity, "similarity")
+    n = len(s)
+    lpeak, rpeak = s.copy(), s.copy()
+    for i in range(1, n):
+        if s[i - 1] >= s[i]:
+            lpeak[i] = lpeak[i - 1]
+    for i in range(n - 2, -1, -1):
+        if s[i + 1] >= s[i]:
+            rpeak[i] = rpeak[i + 1]
+    return lpeak + rpeak - 2.0 * s
+
+
+def depth_threshold(depth: np.ndarray | torch.Tensor | list, alpha: float = 0.5) -> float | None:
+    """`mean(depth) + alpha * std(depth)` (population std); None when there are no gaps."""
+    d = _as_vector(depth, "depth")
+    if not len(d):
+        return None
+    return float(d.mean() + alpha * d.std())
+
+
+def find_boundaries(depth: np.ndarray | torch.Tensor | list, alpha: float = 0.5) -> list[int]:
+    """Frames where a new segment starts: `i + 1` for each gap with `depth_i > mean + alpha * std`.
+
+    Gaps with `depth_i <= MIN_DEPTH` never count, so identical frames (zero variance) and float
+    noise give no boundaries.
+
+    Args:
+        depth: (F - 1,) depth scores from `depth_scores`.
+        alpha: threshold in standard deviations above the mean (0.5 in the paper).
+
+    Returns:
+        increasing frame indices in `[1, F - 1]`.
+
+    Raises:
+        ValueError: not 1-D, non-finite values, or a non-finite alpha.
+    """
+    if not math.isfinite(alpha):
+        raise ValueError(f"alpha must be finite, got {alpha!r}")
+    d = _as_vector(depth, "depth")
+    threshold = depth_threshold(d, alpha)
+    if threshold is None:
+        return []
+    hits = np.flatnonzero((d > threshold) & (d > MIN_DEPTH))
+    return [int(i) + 1 for i in hits]
+
+
+def _split_segments(num_frames: int, boundaries: list[int], max_frames: int) -> list[tuple[int, int]]:
+    """Segments `[a, b)` cut into `ceil(len / max_frames)` near-equal windows (longer ones first)."""
+    edges = [0, *boundaries, num_frames]
+    spans: list[tuple[int, int]] = []
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
+        length = b - a
+        count = -(-length // max_frames)
+        q, r = divmod(length, count)
+        start = a
+        for k in range(count):
+            end = start + q + (1 if k < r else 0)
+            spans.append((start, end))
+            start = end
+    return spans
+
+
+def _window_change(spans: list[tuple[int, int]], similarity: np.ndarray) -> list[float]:
+    """Mean `1 - s_i` over the gaps inside each window (gap i joins frames i and i + 1).
+
+    A one-frame window has no inside gap and takes the mean over the gaps on either side (0 for a
+    one-frame video). Rounded to 12 digits so ties do not depend on summation order.
+    """
+    dissim = 1.0 - similarity  # (F - 1,)
+    out = []
+    for a, b in spans:
+        if b - a >= 2:
+            val = float(dissim[a : b - 1].mean())
+        else:
+            around = dissim[max(a - 1, 0) : min(a + 1, len(dissim))]
+            val = float(around.mean()) if len(around) else 0.0
+        out.append(round(val, _CHANGE_DIGITS))
+    return out
+
+
+def _make_plan(spans, ratios, tokens_per_frame, **kw) -> ChunkPlan:
+    windows = tuple(PlannedWindow(a, b, int(r)) for (a, b), r in zip(spans, ratios, strict=True))
+    return ChunkPlan(windows, tokens_per_frame, "dynamic", **kw)
+
+
+def _allocate_ratios(
+    spans: list[tuple[int, int]],
+    change: list[float],
+    tokens_per_frame: int,
+    ratios: tuple[int, ...],
+    budget: int,
+) -> tuple[list[int], int | None]:
+    """Ratios per window whose VST count (carry rule, `ChunkPlan.layout`) meets `budget`.
+
+    1. Every window starts at the coarsest ratio. Its VST count `floor(V / max(ratios))` is
+       `<= budget` because `target_ratio <= max(ratios)`.
+    2. Greedy refinement: repeatedly take the window with the highest priority
+       `(change + 1e-9) * ratio` (ties: coarser ratio first, then lower index) and move it to the next
+       smaller allowed ratio if the plan's VST count stays `<= budget`; otherwise freeze it. With
+       this priority the VST density `1 / ratio` grows with the window's change (densities end up
+       roughly proportional to change, within the factor-2 steps of the set), and equal-change
+       windows are refined level by level (identical frames -> every window at `target_ratio` when
+       it is in the set).
+    3. Exact fit: if the count is still below `budget`, ONE window (tried in priority order: most
+       change first) gets any integer ratio between `min(ratios)` and its current ratio, the one
+       that brings the count closest to `budget` without exceeding it (first exact hit wins).
+
+    Guarantee: the count never exceeds `budget`. It equals `budget` whenever step 3 finds an exact
+    hit, which is the usual case (tests sweep random plans); otherwise it is the closest reachable
+    from the greedy plan with one custom ratio.
+
+    Returns:
+        (ratio per window, index of the window given a custom ratio in step 3 or None).
+    """
+    order = sorted(ratios)
+    level = [len(order) - 1] * len(spans)
+    frozen = [False] * len(spans)
+
+    def count(levels: list[int], custom: tuple[int, int] | None = None) -> int:
+        rs = [order[lv] for lv in levels]
+        if custom is not None:
+            rs[custom[0]] = custom[1]
+        return _make_plan(spans, rs, tokens_per_frame).num_vst
+
+    current = count(level)
+    while current < budget:
+        cands = [w for w in range(len(spans)) if not frozen[w] and level[w] > 0]
+        if not cands:
+            break
+        w = min(cands, key=lambda w: (-(change[w] + _PRIORITY_EPS) * order[level[w]], -order[level[w]], w))
+        level[w] -= 1
+        trial = count(level)
+        if trial <= budget:
+            current = trial
+        else:
+            level[w] += 1
+            frozen[w] = True
+
+    adjusted = None
+    if current < budget:
+        best = (current, None, None)
+        by_priority = sorted(
+            range(len(spans)), key=lambda w: (-(change[w] + _PRIORITY_EPS), w)
+        )
+        for w in by_priority:
+            for r in range(order[level[w]] - 1, order[0] - 1, -1):
+                trial = count(level, (w, r))
+                if trial > budget:
+                    break
+                if trial > best[0]:
+                    best = (trial, w, r)
+                if trial == budget:
+                    break
+            if best[0] == budget:
+                break
+        if best[1] is not None:
+            current, adjusted = best[0], best[1]
+            final = [order[lv] for lv in level]
+            final[adjusted] = best[2]
+            return final, adjusted
+    return [order[lv] for lv in level], adjusted
+
+
+def _check_positive_int(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+@register_planner("dynamic")
+def plan_dynamic(
+    embeddings: torch.Tensor | np.ndarray,
+    *,
+    tokens_per_frame: int,
+    window_tokens: int,
+    target_ratio: int = 8,
+    ratios: tuple[int, ...] | list[int] = DEFAULT_RATIOS,
+    alpha: float = 0.5,
+) -> ChunkPlan:
+    """Scene-aware windows and per-window ratios from frame embeddings (DESIGN.md "Chunk planning").
+
+    Args:
+        embeddings: (F, E) CLIP image embeddings of the F sampled frames (`ClipEmbedder.embed_images`),
+            torch or numpy, any float dtype, F >= 1.
+        tokens_per_frame: visual tokens per frame after pooling (144 for Video-XL).
+        window_tokens: `beacon_window` in visual tokens (1440 for Video-XL); a multiple of
+            `tokens_per_frame`. No window holds more.
+        target_ratio: average ratio; the VST budget is `F * tokens_per_frame // target_ratio`, the
+            count the `fixed` planner gives at this ratio. Must lie in `[min(ratios), max(ratios)]`.
+        ratios: allowed ratios (visual tokens per VST), distinct positive integers. One window may
+            get another integer ratio in that range to meet the budget exactly (`_allocate_ratios`).
+        alpha: boundary threshold `mean + alpha * std` of the depth scores (0.5 in the paper).
+
+    Returns:
+        `ChunkPlan(planner="dynamic")`; `params`: tokens_per_frame, window_tokens, target_ratio,
+        ratios, alpha, min_depth; `extras` (JSON lists/numbers): `similarity` (F - 1 floats),
+        `depth` (F - 1), `boundaries` (frames starting a segment, excluding 0), `threshold`
+        (float, None for one frame), `window_change` (W floats), `budget` (VSTs), `num_vst`,
+        `adjusted_window` (index given a custom ratio, or None).
+
+    Raises:
+        ValueError: empty or non-(F, E) embeddings, non-finite values, bad sizes or ratios,
+            `target_ratio` outside the ratio range.
+    """
+    x = _as_matrix(embeddings)
+    _check_positive_int(tokens_per_frame, "tokens_per_frame")
+    _check_positive_int(window_tokens, "window_tokens")
+    _check_positive_int(target_ratio, "target_ratio")
+    if window_tokens % tokens_per_frame:
+        raise ValueError(f"beacon_window {window_tokens} is not a multiple of {tokens_per_frame} tokens per frame")
+    ratios = tuple(ratios)
+    if not ratios:
+        raise ValueError("ratios must not be empty")
+    for r in ratios:
+        _check_positive_int(r, "each ratio")
+    if len(set(ratios)) != len(ratios):
+        raise ValueError(f"ratios must be distinct, got {ratios}")
+    ratios = tuple(sorted(int(r) for r in ratios))
+    if not ratios[0] <= target_ratio <= ratios[-1]:
+        raise ValueError(f"target_ratio {target_ratio} is outside the allowed ratios {list(ratios)}")
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha):
+        raise ValueError(f"alpha must be a finite number, got {alpha!r}")
+
+    num_frames = x.shape[0]
+    sim = adjacent_similarity(x)  # (F - 1,)
+    depth = depth_scores(sim)  # (F - 1,)
+    threshold = depth_threshold(depth, alpha)
+    boundaries = find_boundaries(depth, alpha)
+    spans = _split_segments(num_frames, boundaries, window_tokens // tokens_per_frame)
+    change = _window_change(spans, sim)
+    budget = num_frames * tokens_per_frame // int(target_ratio)
+    chosen, adjusted = _allocate_ratios(spans, change, tokens_per_frame, ratios, budget)
+    params = {
+        "tokens_per_frame": int(tokens_per_frame),
+        "window_tokens": int(window_tokens),
+        "target_ratio": int(target_ratio),
+        "ratios": list(ratios),
+        "alpha": float(alpha),
+        "min_depth": MIN_DEPTH,
+    }
+    plan = _make_plan(spans, chosen, int(tokens_per_frame), params=params)
+    plan.extras.update(
+        similarity=[float(v) for v in sim],
+        depth=[float(v) for v in depth],
+        boundaries=boundaries,
+        threshold=threshold,
+        window_change=change,
+        budget=int(budget),
+        num_vst=int(plan.num_vst),
+        adjusted_window=adjusted,
+    )
+    return plan
+
+
+def window_mean_embeddings(plan: ChunkPlan, embeddings: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Mean of the L2-normalised frame embeddings of each window, L2-normalised again.
+
+    Args:
+        plan: a plan covering exactly the F frames of `embeddings`.
+        embeddings: (F, E) frame embeddings.
+
+    Returns:
+        float32 (W, E), one unit row per window (a window of all-zero embeddings stays zero).
+
+    Raises:
+        ValueError: bad embeddings, or a plan that does not cover F frames.
+    """
+    unit = _unit_rows(_as_matrix(embeddings))  # (F, E)
+    plan.validate(unit.shape[0])
+    means = np.stack([unit[w.frame_start : w.frame_end].mean(axis=0) for w in plan.windows])  # (W, E)
+    return _unit_rows(means).astype(np.float32)

@@ -1,0 +1,106 @@
+"""Tokenizers and Video-XL's prompt template.
+
+Real checkpoints carry their Qwen2 tokenizer files (`tokenizer.json` or `vocab.json` +
+`merges.txt`), loaded with transformers. The `tiny` model uses a small byte-level BPE trained here,
+deterministically, on text this module writes, with Qwen2's ChatML special tokens at the ids the
+tiny config expects (`<|endoftext|>` 512, `<|im_start|>` 513, `<|im_end|>` 514).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+# Video-XL's `qwen_1_5` conversation template (VIDEO_XL.md section 2). `<image>` expands to the video.
+SYSTEM = "You are a helpful assistant."
+PROMPT_TEMPLATE = (
+    "<|im_start|>system\n" + SYSTEM + "<|im_end|>\n<|im_start|>user\n<image>\n{question}<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+IMAGE_MARKER = "<image>"
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+
+def split_prompt(question: str) -> tuple[str, str]:
+    """(sink text before `<image>`, suffix text after it) for `question`.
+
+    The original tokenizes the two sides separately (`tokenizer_image_token`), so do we.
+    """
+    prefix, suffix = PROMPT_TEMPLATE.split(IMAGE_MARKER)
+    return prefix, suffix.format(question=question)
+
+
+_WORDS = (
+    "what happens first in the video who where when why how many which color shape circle square "
+    "triangle red green blue yellow white black appears moves left right up down changes turns "
+    "disappears scene cut background person car street room event order before after then finally "
+    "describe summarize answer question option the a an of to and is are was were it this that "
+    "you helpful assistant system user image frame second minute clue time"
+).split()
+
+
+def _tiny_corpus() -> list[str]:
+    lines = [PROMPT_TEMPLATE.format(question=" ".join(_WORDS[i : i + 7])) for i in range(0, len(_WORDS), 3)]
+    lines += [" ".join(_WORDS[i::5]) for i in range(5)]
+    lines += ["".join(chr(c) for c in range(32, 127)), "0123456789 ,.?!:;'\"()-\n\t"]
+    return lines
+
+
+@functools.lru_cache(maxsize=1)
+def _tiny_tokenizer_json() -> str:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        min_frequency=1,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[],
+    )
+    tok.train_from_iterator(_tiny_corpus(), trainer=trainer)
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    return tok.to_str()
+
+
+def tiny_tokenizer():
+    """The `tiny` model's tokenizer (`PreTrainedTokenizerFast`), identical in every process."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_tiny_tokenizer_json()),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    ids = tok.convert_tokens_to_ids(list(SPECIAL_TOKENS))
+    assert ids == [512, 513, 514], ids
+    return tok
+
+
+def load_tokenizer(folder: str | Path):
+    """The tokenizer saved in a checkpoint folder (transformers `AutoTokenizer`, local files only).
+
+    Raises:
+        FileNotFoundError: the folder has neither tokenizer.json nor vocab.json + merges.txt.
+    """
+    folder = Path(folder)
+    if not (folder / "tokenizer.json").is_file() and not (folder / "vocab.json").is_file():
+        raise FileNotFoundError(
+            f"{folder}: no tokenizer.json or vocab.json + merges.txt; copy the Qwen2 tokenizer files of "
+            "the checkpoint into this folder"
+        )
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+def tokenizer_state(tok) -> str:
+    """A canonical string of everything that changes tokenization (for the model fingerprint)."""
+    backend = getattr(tok, "backend_tokenizer", None) or getattr(tok, "_tokenizer", None)
+    if backend is not None:
+        return backend.to_str()
+    return repr(sorted(tok.get_vocab().items()))

@@ -1,0 +1,434 @@
+"""`VideoXL`: load, plan, encode a video into a `VSTMemory`, answer from a memory.
+
+The encode loop reproduces Video-XL's inference (VIDEO_XL.md section 2, `shared/oracle/`):
+
+1. sink pass: the prompt prefix before `<image>` (14 tokens), K/V kept (pre-RoPE);
+2. one pass per window: visual tokens with VSTs interleaved (`plan.vst_positions`), against the
+   memory so far (plain causal mask, memory fully visible, positions `0 .. M + T - 1`), after which
+   only the VSTs' pre-RoPE K/V are kept and appended to the memory;
+3. question: the text after `<image>` against the memory, then decoding, every token kept.
+
+Implementation note: keys are *stored* pre-RoPE (the memory is position-free), and while encoding
+or answering a rotated copy is kept in a transformers `DynamicCache`: memory token `i` always sits at
+position `i`, so rotating the memory once and appending each window's VSTs rotated at their memory
+positions gives exactly the original's "re-apply RoPE to `[memory ; window]` at every step".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import VideoXLConfig, load_config, tiny_config
+from .memory import VSTMemory, WindowSpan
+from .modeling import VideoXLForCausalLM, VSTCapture, append_rotated, truncate_cache
+from .plan import PLANNERS, ChunkPlan, vst_positions
+from .tokenizer import PROMPT_TEMPLATE, load_tokenizer, split_prompt, tiny_tokenizer, tokenizer_state
+
+FINGERPRINT_VERSION = 1  # bump when the encode algorithm changes the memory for the same inputs
+
+
+@dataclass
+class Answer:
+    """A generated answer.
+
+    Attributes:
+        text: decoded answer (special tokens removed).
+        token_ids: generated ids (the EOS that stopped generation excluded).
+        ttft_s: seconds from the call to the first generated token (question prefill included).
+        total_s: seconds for the whole call.
+        num_tokens: generated tokens.
+        prompt_tokens: memory tokens + question tokens attended to by the first generated token.
+    """
+
+    text: str
+    token_ids: list[int]
+    ttft_s: float
+    total_s: float
+    num_tokens: int
+    prompt_tokens: int
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        decode = self.total_s - self.ttft_s
+        return (self.num_tokens - 1) / decode if self.num_tokens > 1 and decode > 0 else float("nan")
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class VideoXL:
+    """A loaded Video-XL model. Stateless between calls: memories are passed in and returned.
+
+    Use `load_model` to build one.
+    """
+
+    def __init__(self, model: VideoXLForCausalLM, tokenizer, name: str, weights_digest: str,
+                 vision_batch_frames: int = 16):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.config: VideoXLConfig = model.config
+        self.vision_batch_frames = vision_batch_frames
+        self._weights_digest = weights_digest
+        prefix, _ = split_prompt("")
+        self._sink_ids = self._encode_text(prefix)
+        self.fingerprint = self._fingerprint()
+
+    # -- identity -------------------------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def _fingerprint(self) -> str:
+        """sha256 over everything that changes a memory for the same frames and plan.
+
+        Config (without runtime-only keys), weights digest, tokenizer, prompt template, CLIP
+        preprocessing, dtype and the encode algorithm version. Not the device: the same model on
+        CPU or GPU makes the same memory up to kernel rounding.
+        """
+        cfg = self.config.to_dict()
+        for k in ("_attn_implementation_autoset", "transformers_version", "dtype", "torch_dtype", "_name_or_path"):
+            cfg.pop(k, None)
+        payload = {
+            "version": FINGERPRINT_VERSION,
+            "config": cfg,
+            "weights": self._weights_digest,
+            "tokenizer": hashlib.sha256(tokenizer_state(self.tokenizer).encode()).hexdigest(),
+            "template": PROMPT_TEMPLATE,
+            "preprocessing": self.config.image_processor,
+            "dtype": str(self.dtype),
+        }
+        blob = json.dumps(payload, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def describe(self) -> dict:
+        return {"name": self.name, "fingerprint": self.fingerprint, "dtype": str(self.dtype),
+                "device": str(self.device), "layers": self.config.num_hidden_layers,
+                "kv_heads": self.config.num_key_value_heads, "head_dim": self.config.head_dim_}
+
+    # -- text -----------------------------------------------------------------------------------
+    def _encode_text(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def _embed_ids(self, ids: list[int]) -> torch.Tensor:
+        t = torch.tensor([ids], dtype=torch.long, device=self.device)
+        return self.model.model.embed_tokens(t)  # (1, T, C)
+
+    # -- frames ---------------------------------------------------------------------------------
+    def _check_frames(self, frames) -> torch.Tensor:
+        if isinstance(frames, np.ndarray):
+            frames = torch.from_numpy(frames)
+        if not isinstance(frames, torch.Tensor):
+            raise ValueError(f"frames must be a uint8 array (F, H, W, 3), got {type(frames).__name__}")
+        if frames.dtype != torch.uint8:
+            raise ValueError(f"frames must be uint8 (F, H, W, 3) RGB, got dtype {frames.dtype}")
+        if frames.dim() != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"frames must have shape (F, H, W, 3), got {tuple(frames.shape)}")
+        if frames.shape[0] == 0:
+            raise ValueError("frames is empty: a video needs at least one frame")
+        return frames
+
+    def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
+        """CLIP preprocessing of uint8 `(F, H, W, 3)` frames -> `(F, 3, S, S)` in the model's dtype.
+
+        Resize (shortest side, bicubic) and center crop by transformers' `CLIPImageProcessor` on
+        uint8, then `(x / 255 - mean) / std` in float32, as the original CLIP processor computes it
+        (bit-identical to the oracle's pixel values).
+        """
+        from transformers import CLIPImageProcessor
+
+        pre = self.config.image_processor
+        proc = CLIPImageProcessor(
+            size={"shortest_edge": pre["size"]}, crop_size={"height": pre["crop_size"], "width": pre["crop_size"]},
+            do_resize=True, do_center_crop=True, do_rescale=False, do_normalize=False, resample=3,
+            do_convert_rgb=False,
+        )
+        chw = frames.permute(0, 3, 1, 2).to(self.device)  # (F, 3, H, W) uint8
+        s = pre["crop_size"]
+        if chw.shape[-2:] != (s, s):
+            chw = proc(images=list(chw), return_tensors="pt", device=self.device)["pixel_values"]
+        mean = torch.tensor(pre["image_mean"], device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(pre["image_std"], device=self.device).view(1, 3, 1, 1)
+        x = (chw.float() / 255.0 - mean) / std  # (F, 3, S, S) float32
+        return x.to(self.dtype)
+
+    @torch.inference_mode()
+    def vision_features(self, frames) -> torch.Tensor:
+        """Visual tokens of `frames` (uint8 `(F, H, W, 3)`): `(F * N, C)`, N = 144, in bounded batches."""
+        frames = self._check_frames(frames)
+        out = []
+        for s in range(0, frames.shape[0], self.vision_batch_frames):
+            px = self.preprocess(frames[s : s + self.vision_batch_frames])
+            out.append(self.model.image_features(px).flatten(0, 1))  # (f * N, C)
+        return torch.cat(out)
+
+    # -- planning -------------------------------------------------------------------------------
+    def plan(self, frames, ratio: int = 8, planner: str = "fixed", **kwargs) -> ChunkPlan:
+        """A chunk plan for `frames` (uint8 `(F, H, W, 3)`) or a frame count.
+
+        `fixed` (default): windows of `beacon_window` tokens at one `ratio` (8 as Video-XL's demo).
+        Other planners from `model.plan.PLANNERS` get `**kwargs`.
+
+        Raises:
+            ValueError: no frames, a ratio that is not a positive integer, an unknown planner.
+        """
+        n = frames if isinstance(frames, int) else int(self._check_frames(frames).shape[0])
+        if planner not in PLANNERS:
+            raise ValueError(f"unknown planner {planner!r}; known: {sorted(PLANNERS)}")
+        geom = dict(tokens_per_frame=self.config.tokens_per_frame, window_tokens=self.config.beacon_window)
+        if planner == "fixed":
+            return PLANNERS["fixed"](n, ratio=ratio, **geom)
+        return PLANNERS[planner](**kwargs, **geom)
+
+    # -- encoding -------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode(self, frames, plan: ChunkPlan, timestamps=None) -> VSTMemory:
+        """Compress a video into its VST memory.
+
+        Args:
+            frames: uint8 `(F, H, W, 3)` RGB (numpy or torch), the sampled frames in time order.
+            plan: a `ChunkPlan` covering exactly F frames.
+            timestamps: optional `(F,)` presentation times in seconds, stored in `WindowSpan`s.
+        Returns:
+            `VSTMemory` in the model's dtype, on the model's device.
+        Raises:
+            ValueError: wrong frame dtype/shape, empty frames, a plan that does not cover the
+                frames, timestamps of the wrong length.
+        """
+        frames = self._check_frames(frames)
+        f = int(frames.shape[0])
+        plan.validate(f, self.config.beacon_window)
+        if plan.tokens_per_frame != self.config.tokens_per_frame:
+            raise ValueError(f"plan has {plan.tokens_per_frame} tokens per frame, model {self.config.tokens_per_frame}")
+        if timestamps is not None and len(timestamps) != f:
+            raise ValueError(f"{len(timestamps)} timestamps for {f} frames")
+        model = self.model
+        cache = model.rotated_cache(self._empty_kv())
+
+        # 1. sink: every token kept
+        sink_ids = self._sink_ids
+        cap = VSTCapture(is_vst=None, keep=torch.ones(len(sink_ids), dtype=torch.bool, device=self.device))
+        model.step(self._embed_ids(sink_ids), cache, cap)
+        sink = _stack(cap)  # (L, 2, Hkv, S, D)
+
+        # 2. windows
+        beacon = model.model.beacon_embed_tokens.weight[0]  # (C,)
+        n_tok = self.config.tokens_per_frame
+        windows, kvs = [], []
+        for idx, (w, (n_vst, carry)) in enumerate(zip(plan.windows, plan.layout(), strict=True)):
+            feats = self.vision_features(frames[w.frame_start : w.frame_end])  # (n, C)
+            is_vst = vst_positions(feats.shape[0], w.ratio, carry).to(self.device)  # (n + n_vst,)
+            x = feats.new_empty(is_vst.shape[0], feats.shape[1])
+            x[~is_vst] = feats
+            x[is_vst] = beacon
+            m = cache.get_seq_length()
+            cap = VSTCapture(is_vst=is_vst, keep=is_vst)
+            model.step(x.unsqueeze(0), cache, cap)
+            truncate_cache(cache, m)  # drop the window's raw tokens (and the VSTs at their window positions)
+            kv = _stack(cap)  # (L, 2, Hkv, n_vst, D)
+            append_rotated(model, cache, kv, start=m)  # VSTs at their memory positions
+            kvs.append(kv)
+            windows.append(WindowSpan(
+                index=idx, frame_start=w.frame_start, frame_end=w.frame_end, ratio=w.ratio,
+                num_vst=n_vst, carry_in=carry,
+                start_s=float(timestamps[w.frame_start]) if timestamps is not None else None,
+                end_s=float(timestamps[w.frame_end - 1]) if timestamps is not None else None,
+            ))
+            assert kv.shape[3] == n_vst and n_tok * w.num_frames == feats.shape[0]
+        return VSTMemory(sink=sink, window_kv=kvs, windows=windows, fingerprint=self.fingerprint)
+
+    def _empty_kv(self) -> torch.Tensor:
+        c = self.config
+        return torch.empty(c.num_hidden_layers, 2, c.num_key_value_heads, 0, c.head_dim_,
+                           dtype=self.dtype, device=self.device)  # (L, 2, Hkv, 0, D)
+
+    # -- answering ------------------------------------------------------------------------------
+    def _check_memory(self, memory: VSTMemory) -> None:
+        c = self.config
+        want = (c.num_hidden_layers, 2, c.num_key_value_heads, c.head_dim_)
+        got = (memory.num_layers, 2, memory.num_kv_heads, memory.head_dim)
+        if got != want:
+            raise ValueError(f"memory geometry (L, 2, Hkv, D) = {got} does not fit this model {want}")
+        if memory.fingerprint is not None and memory.fingerprint != self.fingerprint:
+            raise ValueError(
+                f"memory was made by model {memory.fingerprint[:16]}..., this model is {self.fingerprint[:16]}...; "
+                "re-index the video with this model"
+            )
+
+    def _question_ids(self, memory: VSTMemory, question: str, extra_tokens: int) -> list[int]:
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("question is empty: ask something about the video")
+        ids = self._encode_text(split_prompt(question)[1])
+        limit = self.config.max_position_embeddings
+        need = memory.num_tokens + len(ids) + extra_tokens
+        if need > limit:
+            raise ValueError(
+                f"question of {len(ids)} tokens + memory of {memory.num_tokens} tokens + {extra_tokens} tokens to "
+                f"generate = {need} > context limit {limit}; shorten the question or select fewer windows"
+            )
+        return ids
+
+    def _prefill(self, memory: VSTMemory, ids: list[int]):
+        self._check_memory(memory)
+        cache = self.model.rotated_cache(memory.kv().to(self.device, self.dtype))
+        logits = self.model.step(self._embed_ids(ids), cache, logits_for_last=1)[0]  # (V,)
+        return cache, logits
+
+    @torch.inference_mode()
+    def next_token_logits(self, memory: VSTMemory, question: str) -> torch.Tensor:
+        """float32 `(vocab,)` logits of the first answer token, on the CPU.
+
+        Raises:
+            ValueError: empty question, question over the context limit, a memory from another model.
+        """
+        ids = self._question_ids(memory, question, 0)
+        _, logits = self._prefill(memory, ids)
+        return logits.float().cpu()
+
+    @torch.inference_mode()
+    def answer(self, memory: VSTMemory, question: str, max_new_tokens: int = 64, do_sample: bool = False,
+               temperature: float = 1.0, seed: int = 0) -> Answer:
+        """Answer `question` from `memory` (no video, no vision tower).
+
+        Greedy (argmax) by default; `do_sample=True` samples at `temperature` from a generator
+        seeded with `seed` (no global random state). Stops at EOS (`<|im_end|>`) or `max_new_tokens`.
+
+        Raises:
+            ValueError: empty question, question over the context limit, a memory from another model,
+                `max_new_tokens < 1`.
+        """
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        t0 = time.perf_counter()
+        ids = self._question_ids(memory, question, max_new_tokens)
+        cache, logits = self._prefill(memory, ids)
+        gen = torch.Generator(device="cpu").manual_seed(seed) if do_sample else None
+        eos = self.config.eos_token_id
+        eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
+        out: list[int] = []
+        ttft = None
+        for _ in range(max_new_tokens):
+            if do_sample:
+                probs = torch.softmax(logits.float().cpu() / max(temperature, 1e-6), dim=-1)
+                nxt = int(torch.multinomial(probs, 1, generator=gen))
+            else:
+                nxt = int(torch.argmax(logits))
+            if ttft is None:
+                ttft = time.perf_counter() - t0
+            if nxt in eos_ids:
+                break
+            out.append(nxt)
+            logits = self.model.step(self._embed_ids([nxt]), cache, logits_for_last=1)[0]
+        total = time.perf_counter() - t0
+        text = self.tokenizer.decode(out, skip_special_tokens=True)
+        return Answer(text=text, token_ids=out, ttft_s=ttft or total, total_s=total, num_tokens=len(out),
+                      prompt_tokens=memory.num_tokens + len(ids))
+
+    @torch.inference_mode()
+    def score_options(self, memory: VSTMemory, question: str, options: list[str]) -> list[float]:
+        """Log-likelihood (natural log, summed over tokens) of each option's text as the answer.
+
+        The question is prefilled once; each option is scored after it and the cache is cropped
+        back. Used for multiple-choice benchmarks (CinePile, MLVU style).
+
+        Raises:
+            ValueError: no options or an empty option, empty question, over the context limit.
+        """
+        if not options or any(not o.strip() for o in options):
+            raise ValueError("options must be a non-empty list of non-empty strings")
+        opt_ids = [self._encode_text(o) for o in options]
+        ids = self._question_ids(memory, question, max(len(o) for o in opt_ids))
+        cache, first = self._prefill(memory, ids)
+        base = cache.get_seq_length()
+        scores = []
+        for o in opt_ids:
+            if len(o) > 1:
+                logits = self.model.step(self._embed_ids(o[:-1]), cache, logits_for_last=len(o) - 1)
+                truncate_cache(cache, base)
+                all_logits = torch.cat([first.unsqueeze(0), logits])  # (len(o), V)
+            else:
+                all_logits = first.unsqueeze(0)
+            logp = torch.log_softmax(all_logits.float(), dim=-1)
+            scores.append(float(logp[torch.arange(len(o)), torch.tensor(o)].sum()))
+        return scores
+
+
+def _stack(cap: VSTCapture) -> torch.Tensor:
+    """Captured per-layer `(1, Hkv, T, D)` K and V -> `(L, 2, Hkv, T, D)`."""
+    layers = [torch.stack([k[0], v[0]]) for _, (k, v) in sorted(cap.kv.items())]  # each (2, Hkv, T, D)
+    return torch.stack(layers).contiguous()  # (L, 2, Hkv, T, D)
+
+
+def _weights_digest(state: dict[str, torch.Tensor]) -> str:
+    import xxhash
+
+    h = xxhash.xxh3_128()
+    for k in sorted(state):
+        t = state[k].detach().cpu().contiguous()
+        h.update(f"{k}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _resolve_dtype(dtype, config: VideoXLConfig, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    if isinstance(dtype, str):
+        table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+                 "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+        if dtype not in table:
+            raise ValueError(f"unknown dtype {dtype!r}; one of {sorted(table)}")
+        return table[dtype]
+    return dtype
+
+
+def load_model(name_or_path: str | Path = "tiny", dtype=None, device=None, attn_implementation: str = "sdpa",
+               vision_batch_frames: int = 16) -> VideoXL:
+    """Load `"tiny"` (built-in, deterministic random weights) or a local Video-XL checkpoint folder.
+
+    Args:
+        name_or_path: `"tiny"` or a folder in Video-XL's layout (config.json, safetensors shards with
+            `model.safetensors.index.json`, tokenizer files, `mm_vision_tower` resolvable).
+        dtype: torch dtype or name; default float32 on CPU, bfloat16 on GPU.
+        device: default `cuda` when available, else `cpu`.
+        attn_implementation: transformers attention backend (`sdpa`, `eager`, `flash_attention_2`).
+        vision_batch_frames: frames per CLIP batch (bounds activation memory).
+    Raises:
+        FileNotFoundError: the folder or its config/weights/tokenizer is missing.
+        model.checkpoint.CheckpointError: tensors missing, unexpected or mis-shaped (names them).
+        ValueError: unsupported configuration.
+    """
+    from .checkpoint import build_from_state, read_safetensors, tiny_state
+
+    device = torch.device(device) if device is not None else _default_device()
+    if str(name_or_path) == "tiny":
+        config = tiny_config()
+        state = tiny_state(config)
+        tokenizer = tiny_tokenizer()
+        name = "tiny"
+    else:
+        folder = Path(name_or_path)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"model {str(name_or_path)!r} is neither 'tiny' nor a checkpoint folder")
+        config = load_config(folder)
+        state = read_safetensors(folder)
+        tokenizer = load_tokenizer(folder)
+        name = folder.name
+    config._attn_implementation = attn_implementation
+    dtype = _resolve_dtype(dtype, config, device)
+    digest = _weights_digest(state)
+    model = build_from_state(config, state, dtype, device)
+    return VideoXL(model, tokenizer, name, digest, vision_batch_frames=vision_batch_frames)

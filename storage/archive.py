@@ -1,0 +1,785 @@
+"""The VST-KV archive on LanceDB: tables `videos`, `vst_kv`, `answers`, `vico_samples`.
+
+Write protocol of `Archive.put` (atomic per video, idempotent, safe with concurrent writers):
+  1. append every `vst_kv` row of the memory (sink + windows) under a fresh random `write_id`;
+  2. commit the `videos` row with `merge_insert` on the primary key `key = video_id/fingerprint`,
+     naming that `write_id` (this single commit is what makes the video visible);
+  3. delete the `vst_kv` rows of the write it replaced (best effort).
+Readers first read the committed `videos` row, then only `vst_kv` rows of its `write_id`, both from
+snapshots; so a reader sees the old memory or the new one, never a mix or a part. Rows of writes
+that were never committed (a killed writer) or were replaced are garbage: invisible to readers,
+reported by `verify`, removed by `compact` once older than a grace period.
+
+lancedb and lance are imported lazily, inside methods.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from model.memory import VSTMemory, WindowSpan
+from storage import codec
+from storage.errors import ArchiveError, CorruptBlob, FingerprintMismatch, VideoNotFound
+from storage.schema import (
+    ANSWERS_SCHEMA,
+    FORMAT_VERSION,
+    SCHEMAS,
+    SINK_WINDOW,
+    VICO_SAMPLES_SCHEMA,
+    VIDEOS_SCHEMA,
+    VST_KV_META_COLUMNS,
+)
+
+STATUS_INDEXED = "indexed"
+STATUS_FAILED = "failed"
+
+_RETRIES = 30
+
+
+@dataclass
+class VideoRecord:
+    """One row of `videos`: a video as indexed (or failed) by one model. Key (video_id, model_fingerprint).
+
+    Fields filled by `Archive.put` from the memory: status, num_windows, num_vst_tokens, kv_bytes,
+    dtype, write_id (and indexed_at when None).
+    """
+
+    video_id: str
+    """content digest of the video file (hex)."""
+    model_fingerprint: str
+    """`VideoXL.fingerprint` of the model that made (or failed to make) the memory."""
+    model_name: str | None = None
+    source_uri: str | None = None
+    size_bytes: int | None = None
+    """size of the video file, bytes."""
+    duration_s: float | None = None
+    """duration, seconds."""
+    native_fps: float | None = None
+    """frames per second of the file."""
+    frame_count: int | None = None
+    """frames in the file."""
+    width: int | None = None
+    """pixels."""
+    height: int | None = None
+    """pixels."""
+    codec: str | None = None
+    sampled_frames: list[int] | None = None
+    """indices (into the file's frames) of the frames fed to the model."""
+    sampled_times: list[float] | None = None
+    """presentation times of the sampled frames, seconds."""
+    status: str = STATUS_INDEXED
+    """'indexed' or 'failed'."""
+    error_kind: str | None = None
+    """failed rows: short error class, e.g. 'DecodeError', 'Timeout'."""
+    error: str | None = None
+    """failed rows: the error message."""
+    plan: str | None = None
+    """JSON of `ChunkPlan.to_dict()` (may hold the CLIP similarity curve)."""
+    num_windows: int | None = None
+    num_vst_tokens: int | None = None
+    """VST tokens over all windows (sink excluded)."""
+    kv_bytes: int | None = None
+    """raw K/V bytes stored (sink + windows)."""
+    dtype: str | None = None
+    """K/V dtype name ('float32' | 'float16' | 'bfloat16')."""
+    memory_meta: str | None = None
+    """JSON of `VSTMemory.meta`."""
+    decode_s: float | None = None
+    """seconds spent decoding frames."""
+    plan_s: float | None = None
+    """seconds spent planning windows."""
+    encode_s: float | None = None
+    """seconds spent encoding the memory."""
+    indexed_at: datetime | None = None
+    """UTC time of the put."""
+    indexer_version: str | None = None
+    write_id: str | None = None
+    """the `vst_kv` write that holds this memory (None for failed rows)."""
+
+    @property
+    def key(self) -> str:
+        return f"{self.video_id}/{self.model_fingerprint}"
+
+    def to_row(self) -> dict[str, Any]:
+        row = dataclasses.asdict(self)
+        row["key"] = self.key
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> VideoRecord:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in row.items() if k in names})
+
+
+@dataclass
+class Problem:
+    """One thing `verify` found wrong."""
+
+    video_id: str
+    model_fingerprint: str | None
+    window: int | None
+    """window index, -1 = sink, None = the video as a whole."""
+    kind: str
+    """'checksum' | 'missing' | 'invariant' | 'duplicate' | 'schema'."""
+    detail: str
+
+
+@dataclass
+class VerifyReport:
+    videos_checked: int = 0
+    blobs_checked: int = 0
+    bytes_checked: int = 0
+    garbage_rows: int = 0
+    """vst_kv rows of writes that are not committed (ignored by readers; `compact` removes them)."""
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _q(s: str) -> str:
+    """SQL string literal."""
+    return "'" + str(s).replace("'", "''") + "'"
+
+
+def _is_conflict(exc: BaseException) -> bool:
+    msg = str(exc).lower()
+    return any(w in msg for w in ("conflict", "concurrent", "retryable", "commit", "too many"))
+
+
+def _retry(fn: Callable[[], Any], what: str) -> Any:
+    """Run a Lance commit, retrying on commit conflicts with jittered backoff."""
+    delay = 0.01
+    for attempt in range(_RETRIES):
+        try:
+            return fn()
+        except (OSError, RuntimeError, ValueError) as exc:
+            if not _is_conflict(exc) or attempt == _RETRIES - 1:
+                raise
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 1.0)
+    raise AssertionError("unreachable")
+
+
+def answer_key(
+    video_id: str, fingerprint: str, question: str, choices: Sequence[str] | None, settings: dict | None
+) -> str:
+    """Key of an `answers` row: sha256 hex of the canonical JSON of its inputs."""
+    blob = json.dumps(
+        [video_id, fingerprint, question, list(choices) if choices is not None else None, settings or {}],
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _table_from_rows(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    cols = {f.name: [r.get(f.name) for r in rows] for f in schema}
+    return pa.Table.from_pydict(cols, schema=schema)
+
+
+def _dedupe(rows: Iterable[dict], key: str) -> list[dict]:
+    out: dict[str, dict] = {}
+    for r in rows:
+        out[r[key]] = r
+    return list(out.values())
+
+
+class Archive:
+    """A VST-KV archive at `uri` (local folder or object-store URI). Use `open_archive`.
+
+    All methods are safe to call from several processes at once (not across `fork`: spawn only).
+    """
+
+    def __init__(self, uri: str | os.PathLike, storage_options: dict[str, str] | None = None) -> None:
+        import lancedb
+
+        self.uri = str(uri)
+        self.storage_options = dict(storage_options or {})
+        self._db = lancedb.connect(
+            self.uri,
+            read_consistency_interval=timedelta(0),
+            storage_options=self.storage_options or None,
+        )
+        self._tables: dict[str, Any] = {}
+        for name in SCHEMAS:
+            self._table(name)
+
+    def __repr__(self) -> str:
+        return f"Archive({self.uri!r})"
+
+    # -- tables -------------------------------------------------------------------------------
+    def _table(self, name: str):
+        tbl = self._tables.get(name)
+        if tbl is not None:
+            return tbl
+        schema = SCHEMAS[name]
+        for _ in range(_RETRIES):
+            try:
+                tbl = self._db.open_table(name)
+                break
+            except (ValueError, FileNotFoundError, RuntimeError, OSError):
+                try:
+                    tbl = self._db.create_table(name, schema=schema, exist_ok=True)
+                    break
+                except (ValueError, RuntimeError, OSError) as exc:  # lost a create race: reopen
+                    if "exist" not in str(exc).lower() and not _is_conflict(exc):
+                        raise
+                    time.sleep(0.05 * random.random())
+        else:  # pragma: no cover
+            raise ArchiveError(f"{self.uri}: cannot open or create table {name}")
+        meta = tbl.schema.metadata or {}
+        version = meta.get(b"vxl.format_version", b"").decode()
+        if version != FORMAT_VERSION:
+            raise ArchiveError(
+                f"{self.uri}: table {name} has archive format version {version or 'none'}, this vxl "
+                f"reads version {FORMAT_VERSION}; use a matching vxl or a fresh archive"
+            )
+        self._tables[name] = tbl
+        return tbl
+
+    def _ds(self, name: str):
+        """A Lance dataset snapshot of the latest committed version of table `name`."""
+        return self._table(name).to_lance()
+
+    def schema(self, name: str) -> pa.Schema:
+        """The Arrow schema of table `name` as stored."""
+        return self._table(name).schema
+
+    # -- videos -------------------------------------------------------------------------------
+    def _video_rows(self, where: str | None, columns: list[str] | None = None) -> list[dict]:
+        ds = self._ds("videos")
+        return ds.to_table(columns=columns, filter=where).to_pylist()
+
+    def list_videos(self, where: str | None = None) -> list[VideoRecord]:
+        """Rows of `videos` matching the SQL filter `where` (all when None), sorted by video_id."""
+        rows = self._video_rows(where)
+        rows.sort(key=lambda r: (r["video_id"], r["model_fingerprint"]))
+        return [VideoRecord.from_row(r) for r in rows]
+
+    def get_video(self, video_id: str, fingerprint: str | None = None) -> VideoRecord:
+        """The `videos` row of `video_id` (for `fingerprint`; else the latest indexed, then failed).
+
+        Raises:
+            VideoNotFound: no row.
+        """
+        where = f"video_id = {_q(video_id)}"
+        if fingerprint is not None:
+            where += f" AND model_fingerprint = {_q(fingerprint)}"
+        rows = self._video_rows(where)
+        if not rows:
+            raise VideoNotFound(video_id, fingerprint)
+        epoch = datetime.min.replace(tzinfo=UTC)
+        rows.sort(key=lambda r: (r["status"] == STATUS_INDEXED, r["indexed_at"] or epoch))
+        return VideoRecord.from_row(rows[-1])
+
+    def _ids(self, fingerprint: str, status: str) -> set[str]:
+        rows = self._video_rows(
+            f"model_fingerprint = {_q(fingerprint)} AND status = {_q(status)}", columns=["video_id"]
+        )
+        return {r["video_id"] for r in rows}
+
+    def indexed_ids(self, fingerprint: str) -> set[str]:
+        """video_ids with an indexed memory for `fingerprint`."""
+        return self._ids(fingerprint, STATUS_INDEXED)
+
+    def failed_ids(self, fingerprint: str) -> set[str]:
+        """video_ids whose indexing with `fingerprint` failed (and was not since indexed)."""
+        return self._ids(fingerprint, STATUS_FAILED)
+
+    def _commit_video(self, row: dict, *, only_if_failed: bool = False) -> None:
+        tbl = self._table("videos")
+        data = _table_from_rows([row], VIDEOS_SCHEMA)
+
+        def go():
+            b = tbl.merge_insert("key")
+            b = b.when_matched_update_all(where=f"target.status = {_q(STATUS_FAILED)}" if only_if_failed else None)
+            return b.when_not_matched_insert_all().execute(data)
+
+        _retry(go, f"commit video {row['video_id']}")
+
+    def put(
+        self,
+        record: VideoRecord,
+        memory: VSTMemory,
+        window_embeddings: np.ndarray | None = None,
+    ) -> VideoRecord:
+        """Store `memory` as the memory of `record.video_id` under `record.model_fingerprint`.
+
+        Atomic (readers see the previous state or the whole new memory), idempotent (a second put of
+        the same key replaces the first), safe with concurrent writers.
+
+        Args:
+            record: the `videos` row; status, counts, dtype, write_id are filled in from `memory`.
+            memory: sink `(L, 2, Hkv, S, D)` and windows `(L, 2, Hkv, T_w, D)`, float32/16 or bf16.
+            window_embeddings: optional float32 `(num_windows, E)` per-window CLIP embeddings.
+
+        Returns:
+            The committed record.
+
+        Raises:
+            ValueError: memory fingerprint differs from the record's, unsupported dtype, bad embeddings.
+        """
+        write_id = uuid.uuid4().hex
+        now = datetime.now(UTC)
+        kv = codec.memory_to_arrow(
+            memory,
+            video_id=record.video_id,
+            fingerprint=record.model_fingerprint,
+            write_id=write_id,
+            window_embeddings=window_embeddings,
+            written_at=now,
+        )
+        rec = dataclasses.replace(
+            record,
+            status=STATUS_INDEXED,
+            error_kind=None,
+            error=None,
+            num_windows=len(memory.windows),
+            num_vst_tokens=memory.num_vst,
+            kv_bytes=memory.nbytes,
+            dtype=codec.dtype_name(memory.dtype),
+            memory_meta=codec.meta_to_json(memory.meta),
+            indexed_at=record.indexed_at or now,
+            write_id=write_id,
+        )
+        vst = self._table("vst_kv")
+        _retry(lambda: vst.add(kv), f"write K/V of {record.video_id}")  # 1. invisible rows
+        prev = self._committed_write_id(rec.key)
+        self._commit_video(rec.to_row())  # 2. the commit point
+        if prev is not None and prev != write_id:  # 3. a replaced write is never committed again
+            try:
+                _retry(
+                    lambda: vst.delete(f"key = {_q(rec.key)} AND write_id = {_q(prev)}"),
+                    "delete replaced write",
+                )
+            except (OSError, RuntimeError, ValueError):  # garbage stays for `compact`
+                pass
+        return rec
+
+    def put_failed(self, record: VideoRecord, *, replace_indexed: bool = False) -> bool:
+        """Record that indexing `record.video_id` failed (status 'failed', error_kind, error).
+
+        An existing indexed memory for the same key is kept unless `replace_indexed`.
+
+        Returns:
+            True if the failed row was written.
+        """
+        rec = dataclasses.replace(
+            record,
+            status=STATUS_FAILED,
+            write_id=None,
+            num_windows=None,
+            num_vst_tokens=None,
+            kv_bytes=None,
+            indexed_at=record.indexed_at or datetime.now(UTC),
+        )
+        prev = self._committed_write_id(rec.key)
+        if prev is not None and not replace_indexed:
+            return False
+        self._commit_video(rec.to_row(), only_if_failed=not replace_indexed)
+        if replace_indexed and prev is not None:
+            _retry(
+                lambda: self._table("vst_kv").delete(f"key = {_q(rec.key)} AND write_id = {_q(prev)}"),
+                "delete replaced write",
+            )
+        return True
+
+    def _committed_write_id(self, key: str) -> str | None:
+        rows = self._video_rows(f"key = {_q(key)}", columns=["write_id", "status"])
+        for r in rows:
+            if r["status"] == STATUS_INDEXED and r["write_id"]:
+                return r["write_id"]
+        return None
+
+    def _resolve(self, video_id: str, fingerprint: str) -> VideoRecord:
+        rows = self._video_rows(f"video_id = {_q(video_id)}")
+        if not rows:
+            raise VideoNotFound(video_id, fingerprint)
+        match = [r for r in rows if r["model_fingerprint"] == fingerprint]
+        if not match:
+            raise FingerprintMismatch(
+                video_id,
+                fingerprint,
+                [r["model_fingerprint"] for r in rows],
+                [r["model_name"] for r in rows],
+            )
+        rec = VideoRecord.from_row(match[0])
+        if rec.status != STATUS_INDEXED or not rec.write_id:
+            raise VideoNotFound(
+                video_id, fingerprint, f"indexing failed: {rec.error_kind or 'error'}: {rec.error or ''}"
+            )
+        return rec
+
+    def _kv_meta(self, rec: VideoRecord, ds=None) -> tuple[Any, list[dict]]:
+        """Snapshot and metadata rows (with `_rowid`) of the committed write of `rec`, window order."""
+        ds = ds or self._ds("vst_kv")
+        tab = ds.to_table(
+            columns=VST_KV_META_COLUMNS,
+            filter=f"key = {_q(rec.key)} AND write_id = {_q(rec.write_id)}",
+            with_row_id=True,
+        )
+        rows = tab.to_pylist()
+        rows.sort(key=lambda r: r["window"])
+        return ds, rows
+
+    def _committed(self, video_id: str, fingerprint: str) -> tuple[VideoRecord, Any, list[dict]]:
+        """Committed record and its K/V rows; retried if a concurrent put replaced it meanwhile."""
+        for _ in range(5):
+            rec = self._resolve(video_id, fingerprint)
+            ds, rows = self._kv_meta(rec)
+            if len(rows) == (rec.num_windows or 0) + 1:
+                return rec, ds, rows
+            again = self._resolve(video_id, fingerprint)
+            if again.write_id == rec.write_id:
+                break
+        have = {r["window"] for r in rows}
+        want = {SINK_WINDOW, *range(rec.num_windows or 0)}
+        missing = sorted(want - have)
+        raise CorruptBlob(
+            video_id,
+            missing[0] if missing else SINK_WINDOW,
+            f"{len(rows)} K/V rows for write {rec.write_id}, expected {(rec.num_windows or 0) + 1}",
+            fingerprint,
+        )
+
+    def load_memory(
+        self,
+        video_id: str,
+        fingerprint: str,
+        windows: Sequence[int] | tuple[float, float] | None = None,
+    ) -> VSTMemory:
+        """Read the memory of `video_id` made by the model with `fingerprint`, verifying checksums.
+
+        Args:
+            windows: None for all windows; a list (or other non-tuple iterable) of window indices;
+                or a `(start_s, end_s)` tuple: the windows overlapping that range of seconds.
+                Only the blobs of the selected windows (plus the sink) are read.
+
+        Returns:
+            `VSTMemory` on the CPU: sink `(L, 2, Hkv, S, D)`, selected windows in index order,
+            their `WindowSpan`s, `fingerprint`, and the stored `meta`.
+
+        Raises:
+            VideoNotFound: no such video, or its indexing failed.
+            FingerprintMismatch: the video is only stored for other model fingerprints.
+            CorruptBlob: a blob fails its checksum or size check, or rows are missing.
+            KeyError: a requested window index the memory does not have.
+            ValueError: a time range on a memory without timestamps.
+        """
+        rec, ds, rows = self._committed(video_id, fingerprint)
+        sink = [r for r in rows if r["window"] == SINK_WINDOW]
+        wins = [r for r in rows if r["window"] != SINK_WINDOW]
+        if windows is None:
+            chosen = wins
+        elif isinstance(windows, tuple):
+            start_s, end_s = (float(x) for x in windows)
+            for r in wins:
+                if r["start_s"] is None or r["end_s"] is None:
+                    raise ValueError(f"video {video_id}: window {r['window']} has no timestamps")
+            chosen = [r for r in wins if r["end_s"] >= start_s and r["start_s"] <= end_s]
+        else:
+            wanted = sorted({int(i) for i in windows})
+            by_index = {r["window"]: r for r in wins}
+            missing = [i for i in wanted if i not in by_index]
+            if missing:
+                raise KeyError(f"video {video_id}: windows {missing} not stored (has 0..{len(wins) - 1})")
+            chosen = [by_index[i] for i in wanted]
+        sel = sink + chosen
+        blobs = self._read_blobs(ds, sel)
+        meta = json.loads(rec.memory_meta) if rec.memory_meta else {}
+        return codec.memory_from_rows(sel, blobs, fingerprint=fingerprint, meta=meta)
+
+    @staticmethod
+    def _read_blobs(ds, rows: list[dict]) -> list[bytes | None]:
+        if not rows:
+            return []
+        got = ds.read_blobs("kv", ids=[r["_rowid"] for r in rows], preserve_order=True)
+        return [b for _, b in got]
+
+    def window_embeddings(self, video_id: str, fingerprint: str) -> tuple[np.ndarray | None, list[WindowSpan]]:
+        """Per-window CLIP embeddings and spans, without reading any K/V blob.
+
+        Returns:
+            (float32 `(W, E)` array, or None when not stored, and the W `WindowSpan`s in index order).
+
+        Raises:
+            VideoNotFound, FingerprintMismatch: as `load_memory`.
+        """
+        _, _, rows = self._committed(video_id, fingerprint)
+        wins = [r for r in rows if r["window"] != SINK_WINDOW]
+        spans = [codec.span_from_row(r) for r in wins]
+        embs = [r["clip_embedding"] for r in wins]
+        if not embs or any(e is None for e in embs):
+            return None, spans
+        return np.asarray(embs, dtype=np.float32), spans  # (W, E)
+
+    def rm(self, video_id: str, fingerprint: str | None = None) -> int:
+        """Remove `video_id` (all fingerprints, or one) from `videos` and its K/V rows.
+
+        Returns:
+            Number of `videos` rows removed.
+
+        Raises:
+            VideoNotFound: nothing to remove.
+        """
+        where = f"video_id = {_q(video_id)}"
+        if fingerprint is not None:
+            where += f" AND model_fingerprint = {_q(fingerprint)}"
+        n = len(self._video_rows(where, columns=["key"]))
+        if n == 0:
+            raise VideoNotFound(video_id, fingerprint)
+        _retry(lambda: self._table("videos").delete(where), f"rm {video_id}")  # invisible from here
+        _retry(lambda: self._table("vst_kv").delete(where), f"rm K/V of {video_id}")
+        return n
+
+    # -- maintenance --------------------------------------------------------------------------
+    def verify(self, *, check_blobs: bool = True) -> VerifyReport:
+        """Re-check every committed blob's checksum and every video's invariants.
+
+        Invariants per indexed video: one sink row, window rows 0..num_windows-1 (unique),
+        sum of window tokens = num_vst_tokens, sum of blob bytes = kv_bytes, one dtype and
+        (L, 2, Hkv, *, D) geometry, shape[3] = num_tokens, nbytes = prod(shape) * itemsize.
+        Rows of uncommitted writes are counted as garbage, not problems.
+        """
+        rep = VerifyReport()
+        vids = self._ds("videos").to_table().to_pylist()
+        seen: dict[str, int] = {}
+        for r in vids:
+            seen[r["key"]] = seen.get(r["key"], 0) + 1
+        for key, n in seen.items():
+            if n > 1:
+                vid, fp = key.split("/", 1)
+                rep.problems.append(Problem(vid, fp, None, "duplicate", f"{n} videos rows for key {key}"))
+        ds = self._ds("vst_kv")
+        meta = ds.to_table(columns=VST_KV_META_COLUMNS, with_row_id=True).to_pylist()
+        by_write: dict[tuple[str, str], list[dict]] = {}
+        for m in meta:
+            by_write.setdefault((m["key"], m["write_id"]), []).append(m)
+        live = set()
+        for r in vids:
+            if r["status"] != STATUS_INDEXED:
+                continue
+            rep.videos_checked += 1
+            rec = VideoRecord.from_row(r)
+            live.add((rec.key, rec.write_id))
+            rows = sorted(by_write.get((rec.key, rec.write_id), []), key=lambda m: m["window"])
+            rep.problems.extend(self._check_invariants(rec, rows))
+            if check_blobs:
+                for row in rows:
+                    try:
+                        blob = self._read_blobs(ds, [row])[0]
+                        codec.decode_blob(row, blob)
+                        rep.blobs_checked += 1
+                        rep.bytes_checked += int(row["nbytes"])
+                    except CorruptBlob as exc:
+                        kind = "checksum" if "checksum" in str(exc) else "missing"
+                        rep.problems.append(Problem(rec.video_id, rec.model_fingerprint, row["window"], kind, str(exc)))
+                    except (OSError, RuntimeError, ValueError) as exc:
+                        rep.problems.append(
+                            Problem(rec.video_id, rec.model_fingerprint, row["window"], "missing", f"cannot read blob: {exc}")
+                        )
+        rep.garbage_rows = sum(len(v) for k, v in by_write.items() if k not in live)
+        return rep
+
+    @staticmethod
+    def _check_invariants(rec: VideoRecord, rows: list[dict]) -> list[Problem]:
+        out: list[Problem] = []
+
+        def bad(window, detail):
+            out.append(Problem(rec.video_id, rec.model_fingerprint, window, "invariant", detail))
+
+        sinks = [m for m in rows if m["window"] == SINK_WINDOW]
+        wins = [m for m in rows if m["window"] != SINK_WINDOW]
+        if len(sinks) != 1:
+            bad(SINK_WINDOW, f"{len(sinks)} sink rows, expected 1")
+        idx = [m["window"] for m in wins]
+        if idx != list(range(rec.num_windows or 0)):
+            missing = sorted(set(range(rec.num_windows or 0)) - set(idx))
+            bad(missing[0] if missing else None, f"window rows {idx}, expected 0..{(rec.num_windows or 0) - 1}")
+        if sum(m["num_tokens"] for m in wins) != rec.num_vst_tokens:
+            bad(None, f"window tokens sum to {sum(m['num_tokens'] for m in wins)}, videos says {rec.num_vst_tokens}")
+        if sum(m["nbytes"] for m in rows) != rec.kv_bytes:
+            bad(None, f"blob bytes sum to {sum(m['nbytes'] for m in rows)}, videos says {rec.kv_bytes}")
+        geo = {(m["dtype"], m["shape"][0], m["shape"][1], m["shape"][2], m["shape"][4]) for m in rows}
+        if len(geo) > 1:
+            bad(None, f"rows disagree on dtype/geometry: {sorted(geo)}")
+        for m in rows:
+            shape = m["shape"]
+            if m["dtype"] not in codec.DTYPES or len(shape) != 5 or shape[1] != 2:
+                bad(m["window"], f"bad dtype/shape {m['dtype']} {shape}")
+                continue
+            item = 4 if m["dtype"] == "float32" else 2
+            if shape[3] != m["num_tokens"] or int(np.prod(shape)) * item != m["nbytes"]:
+                bad(m["window"], f"shape {shape} disagrees with num_tokens {m['num_tokens']} / nbytes {m['nbytes']}")
+        return out
+
+    def _disk_bytes(self) -> dict[str, int] | None:
+        if "://" in self.uri and not self.uri.startswith("file://"):
+            return None
+        root = self.uri.removeprefix("file://")
+        out = {}
+        for name in SCHEMAS:
+            total = 0
+            for dirpath, _, files in os.walk(os.path.join(root, f"{name}.lance")):
+                for f in files:
+                    try:
+                        total += os.path.getsize(os.path.join(dirpath, f))
+                    except OSError:
+                        pass
+            out[name] = total
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        """Counts and sizes: videos (indexed/failed), windows, tokens, raw K/V bytes, disk bytes."""
+        vids = self._ds("videos").to_table(
+            columns=["key", "status", "write_id", "num_windows", "num_vst_tokens", "kv_bytes"]
+        ).to_pylist()
+        live = {(r["key"], r["write_id"]) for r in vids if r["status"] == STATUS_INDEXED}
+        kv_rows = self._ds("vst_kv").to_table(columns=["key", "write_id"]).to_pylist()
+        garbage = sum(1 for r in kv_rows if (r["key"], r["write_id"]) not in live)
+        indexed = [r for r in vids if r["status"] == STATUS_INDEXED]
+        disk = self._disk_bytes()
+        kv_bytes = sum(r["kv_bytes"] or 0 for r in indexed)
+        out = {
+            "uri": self.uri,
+            "format_version": FORMAT_VERSION,
+            "videos": len(vids),
+            "indexed": len(indexed),
+            "failed": sum(1 for r in vids if r["status"] == STATUS_FAILED),
+            "fingerprints": len({r["key"].split("/", 1)[1] for r in vids}),
+            "windows": sum(r["num_windows"] or 0 for r in indexed),
+            "vst_tokens": sum(r["num_vst_tokens"] or 0 for r in indexed),
+            "kv_bytes": kv_bytes,
+            "vst_kv_rows": len(kv_rows),
+            "garbage_rows": garbage,
+            "answers": self._table("answers").count_rows(),
+            "vico_samples": self._table("vico_samples").count_rows(),
+            "table_versions": {n: self._table(n).version for n in SCHEMAS},
+            "disk_bytes": disk,
+            "disk_over_kv": (sum(disk.values()) / kv_bytes) if disk and kv_bytes else None,
+        }
+        return out
+
+    def compact(
+        self,
+        *,
+        older_than: timedelta = timedelta(minutes=10),
+        garbage_grace: timedelta = timedelta(minutes=10),
+    ) -> dict[str, Any]:
+        """Delete garbage K/V rows, compact files, and remove old table versions.
+
+        Args:
+            older_than: table versions (and their files) older than this are removed; readers that
+                started on such a version may fail, so keep it above your longest read.
+            garbage_grace: uncommitted K/V rows younger than this are kept (a put may be in flight).
+
+        Returns:
+            {"garbage_rows_deleted": int, "tables": {name: str(optimize stats)}, "disk_bytes": ...}
+        """
+        vids = self._ds("videos").to_table(columns=["key", "status", "write_id"]).to_pylist()
+        live = {(r["key"], r["write_id"]) for r in vids if r["status"] == STATUS_INDEXED}
+        cutoff = datetime.now(UTC) - garbage_grace
+        kv = self._ds("vst_kv").to_table(columns=["key", "write_id", "written_at"]).to_pylist()
+        dead: dict[tuple[str, str], int] = {}
+        for r in kv:
+            k = (r["key"], r["write_id"])
+            if k not in live and r["written_at"] <= cutoff:
+                dead[k] = dead.get(k, 0) + 1
+        vst = self._table("vst_kv")
+        for key, wid in dead:
+            _retry(lambda key=key, wid=wid: vst.delete(f"key = {_q(key)} AND write_id = {_q(wid)}"), "gc")
+        tables = {}
+        for name in SCHEMAS:
+            tbl = self._table(name)
+            res = _retry(lambda tbl=tbl: tbl.optimize(cleanup_older_than=older_than), f"optimize {name}")
+            tables[name] = str(res) if res is not None else "ok"
+        return {"garbage_rows_deleted": sum(dead.values()), "tables": tables, "disk_bytes": self._disk_bytes()}
+
+    # -- answers and vico samples ---------------------------------------------------------------
+    def _upsert(self, name: str, key: str, rows: Iterable[dict], schema: pa.Schema) -> int:
+        now = datetime.now(UTC)
+        rows = [dict(r) for r in rows]
+        for r in rows:
+            r.setdefault("created_at", now)
+            if r.get("created_at") is None:
+                r["created_at"] = now
+        rows = _dedupe(rows, key)
+        if not rows:
+            return 0
+        data = _table_from_rows(rows, schema)
+        tbl = self._table(name)
+        _retry(
+            lambda: tbl.merge_insert(key).when_matched_update_all().when_not_matched_insert_all().execute(data),
+            f"write {name}",
+        )
+        return len(rows)
+
+    def put_answers(self, rows: Iterable[dict]) -> int:
+        """Upsert `answers` rows (dicts with the columns of `ANSWERS_SCHEMA`; `key` from `answer_key`).
+
+        JSON columns (choices, scores, windows_used, settings) are given as JSON strings; a missing
+        `created_at` is set to now. Idempotent on `key`. Returns the number of rows written.
+        """
+        rows = list(rows)
+        for r in rows:
+            for c in ("choices", "scores", "windows_used", "settings"):
+                if r.get(c) is not None and not isinstance(r[c], str):
+                    r[c] = json.dumps(r[c])
+        return self._upsert("answers", "key", rows, ANSWERS_SCHEMA)
+
+    def answer_keys(self) -> set[str]:
+        """Keys of every stored answer."""
+        return {r["key"] for r in self._ds("answers").to_table(columns=["key"]).to_pylist()}
+
+    def list_answers(self, where: str | None = None) -> list[dict]:
+        """`answers` rows matching the SQL filter `where`."""
+        return self._ds("answers").to_table(filter=where).to_pylist()
+
+    def put_vico_samples(self, rows: Iterable[dict]) -> int:
+        """Upsert `vico_samples` rows (sample_id, video_id, split, form, sample_json); idempotent on sample_id."""
+        rows = list(rows)
+        for r in rows:
+            if not isinstance(r.get("sample_json"), str):
+                r["sample_json"] = json.dumps(r["sample_json"])
+        return self._upsert("vico_samples", "sample_id", rows, VICO_SAMPLES_SCHEMA)
+
+    def vico_sample_ids(self) -> set[str]:
+        return {r["sample_id"] for r in self._ds("vico_samples").to_table(columns=["sample_id"]).to_pylist()}
+
+    def list_vico_samples(self, where: str | None = None) -> list[dict]:
+        return self._ds("vico_samples").to_table(filter=where).to_pylist()
+
+
+def open_archive(uri: str | os.PathLike, storage_options: dict[str, str] | None = None) -> Archive:
+    """Open (creating if needed) the archive at `uri`.
+
+    Args:
+        uri: a local folder (created if missing) or an object-store URI (`s3://bucket/prefix`,
+            `gs://`, `az://`) understood by LanceDB.
+        storage_options: LanceDB/object_store options, e.g. for S3-compatible servers
+            `{"aws_endpoint": "http://127.0.0.1:9000", "aws_access_key_id": ..., "aws_secret_access_key": ...,
+            "aws_region": "us-east-1", "allow_http": "true"}`. Environment variables
+            (`AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, ...) work too.
+
+    Raises:
+        ArchiveError: a table was written by another archive format version.
+    """
+    uri = os.fspath(uri)
+    if "://" not in uri:
+        os.makedirs(uri, exist_ok=True)
+    return Archive(uri, storage_options)

@@ -1,0 +1,153 @@
+"""Arrow schemas of the archive tables (format version 1). pyarrow only.
+
+The format version and a layout description are written into each table's schema metadata
+(`vxl.format_version`, `vxl.table`, `vxl.layout`), so a reader with plain pyarrow can tell what
+it holds. `docs/ARCHIVE_FORMAT.md` is the human description of the same layout.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+FORMAT_VERSION = "1"
+
+#: Field metadata that makes Lance store a `large_binary` column as blobs (read with take_blobs).
+BLOB_META = {"lance-encoding:blob": "true"}
+#: Field metadata naming the (unenforced) primary key used by `merge_insert`.
+PK_META = {"lance-schema:unenforced-primary-key": "true"}
+
+#: `vst_kv.window` of the sink row (the prompt prefix before `<image>`).
+SINK_WINDOW = -1
+
+CHECKSUM_ALGO = "xxh3_128"
+
+LAYOUT = {
+    "videos": (
+        "one row per (video_id, model_fingerprint), key = video_id + '/' + model_fingerprint; "
+        "status 'indexed' rows name the write_id whose vst_kv rows form the memory"
+    ),
+    "vst_kv": (
+        "one row per (video_id, model_fingerprint, write_id, window); window -1 = sink (kind 'sink'), "
+        "0.. = VST windows (kind 'window'); kv = raw little-endian bytes of a C-contiguous "
+        "tensor of shape [layers, 2, kv_heads, tokens, head_dim] (dim 1: 0 = pre-RoPE keys, 1 = values), "
+        "dtype in {float32, float16, bfloat16}; checksum = 'xxh3_128:' + hex digest of kv; "
+        "only rows whose write_id equals videos.write_id of the committed videos row are live"
+    ),
+    "answers": "one row per answer key (digest of video, fingerprint, question, choices, settings)",
+    "vico_samples": "one row per VideoChat-style synthetic sample, key sample_id",
+}
+
+
+def _meta(table: str) -> dict[str, str]:
+    return {
+        "vxl.format_version": FORMAT_VERSION,
+        "vxl.table": table,
+        "vxl.layout": LAYOUT[table],
+    }
+
+
+VIDEOS_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False, metadata=PK_META),
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("model_fingerprint", pa.string(), nullable=False),
+        pa.field("model_name", pa.string()),
+        pa.field("source_uri", pa.string()),
+        pa.field("size_bytes", pa.int64()),
+        pa.field("duration_s", pa.float64()),
+        pa.field("native_fps", pa.float64()),
+        pa.field("frame_count", pa.int64()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("codec", pa.string()),
+        pa.field("sampled_frames", pa.list_(pa.int64())),
+        pa.field("sampled_times", pa.list_(pa.float64())),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error_kind", pa.string()),
+        pa.field("error", pa.string()),
+        pa.field("plan", pa.string()),
+        pa.field("num_windows", pa.int32()),
+        pa.field("num_vst_tokens", pa.int64()),
+        pa.field("kv_bytes", pa.int64()),
+        pa.field("dtype", pa.string()),
+        pa.field("memory_meta", pa.string()),
+        pa.field("decode_s", pa.float64()),
+        pa.field("plan_s", pa.float64()),
+        pa.field("encode_s", pa.float64()),
+        pa.field("indexed_at", pa.timestamp("us", tz="UTC")),
+        pa.field("indexer_version", pa.string()),
+        pa.field("write_id", pa.string()),
+    ],
+    metadata=_meta("videos"),
+)
+
+VST_KV_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("model_fingerprint", pa.string(), nullable=False),
+        pa.field("write_id", pa.string(), nullable=False),
+        pa.field("window", pa.int32(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("frame_start", pa.int32()),
+        pa.field("frame_end", pa.int32()),
+        pa.field("start_s", pa.float64()),
+        pa.field("end_s", pa.float64()),
+        pa.field("ratio", pa.int32()),
+        pa.field("carry_in", pa.int32()),
+        pa.field("num_tokens", pa.int32(), nullable=False),
+        pa.field("dtype", pa.string(), nullable=False),
+        pa.field("shape", pa.list_(pa.int64()), nullable=False),
+        pa.field("nbytes", pa.int64(), nullable=False),
+        pa.field("checksum", pa.string(), nullable=False),
+        pa.field("clip_embedding", pa.list_(pa.float32())),
+        pa.field("written_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("kv", pa.large_binary(), nullable=False, metadata=BLOB_META),
+    ],
+    metadata=_meta("vst_kv"),
+)
+
+#: vst_kv columns without the blob: what scans read.
+VST_KV_META_COLUMNS = [f.name for f in VST_KV_SCHEMA if f.name != "kv"]
+
+ANSWERS_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False, metadata=PK_META),
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("model_fingerprint", pa.string(), nullable=False),
+        pa.field("question", pa.string(), nullable=False),
+        pa.field("choices", pa.string()),
+        pa.field("answer", pa.string()),
+        pa.field("chosen", pa.int32()),
+        pa.field("scores", pa.string()),
+        pa.field("windows_used", pa.string()),
+        pa.field("settings", pa.string()),
+        pa.field("ttft_s", pa.float64()),
+        pa.field("total_s", pa.float64()),
+        pa.field("num_tokens", pa.int64()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error_kind", pa.string()),
+        pa.field("error", pa.string()),
+        pa.field("created_at", pa.timestamp("us", tz="UTC")),
+    ],
+    metadata=_meta("answers"),
+)
+
+VICO_SAMPLES_SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False, metadata=PK_META),
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("split", pa.string()),
+        pa.field("form", pa.string()),
+        pa.field("sample_json", pa.string(), nullable=False),
+        pa.field("created_at", pa.timestamp("us", tz="UTC")),
+    ],
+    metadata=_meta("vico_samples"),
+)
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "videos": VIDEOS_SCHEMA,
+    "vst_kv": VST_KV_SCHEMA,
+    "answers": ANSWERS_SCHEMA,
+    "vico_samples": VICO_SAMPLES_SCHEMA,
+}

@@ -1,0 +1,483 @@
+"""Sample videos with known ground truth, and bad/odd files for tests.
+
+`make_sample_videos` writes real H.264 MP4 files (PyAV, libx264, yuv420p) of flat-coloured scenes
+separated by hard cuts, with one coloured shape at a time that appears, moves, changes colour or
+shape and disappears. Next to each `NAME.mp4` it writes `NAME.json` (docs/CONTRACTS.md):
+
+```
+{"video": "NAME.mp4", "seconds": 20.0, "fps": 8.0, "width": 320, "height": 240, "seed": 0,
+ "num_frames": 160,
+ "cuts": [4.625, ...],                                    # seconds, exactly frame_index / fps
+ "scenes": [{"start_s": 0.0, "end_s": 4.625, "background": "navy",
+             "rgb": [20, 30, 120], "frame_start": 0, "frame_end": 37}, ...],
+ "events": [{"start_s": 1.0, "end_s": 3.25, "text": "a red circle appears in the upper left",
+             "kind": "appear", "frame": 8, "shape": "circle", "color": "red",
+             "position": "upper left"}, ...]}
+```
+
+Timing rules (all times are exact multiples of `1 / fps`, so frame `i` is shown at `i / fps`):
+- A cut at `t` means frame `round(t * fps) - 1` has the old background and frame `round(t * fps)`
+  the new one. `scenes` partition `[0, seconds)`; `cuts` are the scene starts after 0.
+- Every event happens at a frame boundary: `start_s` is the time of the first frame showing the
+  change (`frame` is its index). `end_s` is the start of the next event (or `seconds`), so the
+  events partition the time from the first event to the end of the video. A `move` is spread
+  over `[start_s, end_s)` (linear, arriving on the last frame before `end_s`).
+- Kinds: `appear`, `move`, `recolor`, `reshape`, `disappear` (the shape) and `cut` (the
+  background; its `start_s` is a cut time). Consecutive events are at least `min_gap_s` apart
+  (1.5 s by default); texts are distinct one-sentence captions within a video.
+- The four corners (a margin of `min(width, height) // 10` pixels) only ever show the background.
+
+Deterministic: the same arguments write the same JSON and (libx264 being deterministic) the same
+bytes. Only numpy and PyAV are used; PyAV is imported inside the writers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+# Backgrounds: dark/muted, so the bright shapes stay visible on all of them.
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {
+    "navy": (20, 30, 120),
+    "dark green": (20, 100, 40),
+    "maroon": (120, 20, 30),
+    "purple": (90, 30, 130),
+    "teal": (0, 110, 110),
+    "gray": (110, 110, 110),
+    "brown": (110, 70, 20),
+    "black": (10, 10, 10),
+}
+# Shape colours: bright.
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (235, 40, 40),
+    "yellow": (245, 225, 40),
+    "white": (245, 245, 245),
+    "cyan": (40, 230, 235),
+    "orange": (250, 140, 20),
+    "pink": (250, 120, 200),
+    "green": (60, 230, 60),
+    "blue": (60, 110, 255),
+}
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond")
+# 3 x 3 grid: name -> (column fraction, row fraction) and the phrase used in captions.
+POSITIONS: dict[str, tuple[float, float]] = {
+    "upper left": (0.22, 0.25),
+    "top": (0.5, 0.25),
+    "upper right": (0.78, 0.25),
+    "left": (0.22, 0.5),
+    "center": (0.5, 0.5),
+    "right": (0.78, 0.5),
+    "lower left": (0.22, 0.75),
+    "bottom": (0.5, 0.75),
+    "lower right": (0.78, 0.75),
+}
+_PHRASE_IN = {
+    "upper left": "in the upper left",
+    "top": "at the top",
+    "upper right": "in the upper right",
+    "left": "on the left",
+    "center": "in the center",
+    "right": "on the right",
+    "lower left": "in the lower left",
+    "bottom": "at the bottom",
+    "lower right": "in the lower right",
+}
+_PHRASE_TO = {
+    "upper left": "to the upper left",
+    "top": "to the top",
+    "upper right": "to the upper right",
+    "left": "to the left",
+    "center": "to the center",
+    "right": "to the right",
+    "lower left": "to the lower left",
+    "bottom": "to the bottom",
+    "lower right": "to the lower right",
+}
+MIN_BACKGROUND_L1 = 120  # consecutive backgrounds differ by at least this much (sum over RGB)
+
+
+@dataclass
+class _Shape:
+    shape: str
+    color: str
+    position: str
+
+
+def _as_fraction(fps: float) -> Fraction:
+    fr = Fraction(fps).limit_denominator(1001)
+    if fr <= 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    return fr
+
+
+def plan_sample_video(
+    seconds: float = 20.0,
+    fps: float = 8,
+    width: int = 320,
+    height: int = 240,
+    seed: int = 0,
+    *,
+    min_gap_s: float = 1.5,
+    max_gap_s: float = 3.0,
+    scene_s: float = 5.0,
+) -> dict:
+    """Ground truth of one sample video, without writing it (the JSON described in the module doc).
+
+    Args:
+        seconds: duration in seconds (> 0); the video has `round(seconds * fps)` frames.
+        fps: frames per second (> 0).
+        width, height: frame size in pixels (even, >= 64).
+        seed: RNG seed; the same arguments give the same plan.
+        min_gap_s, max_gap_s: gap between consecutive events, drawn uniformly, in seconds.
+        scene_s: mean scene length in seconds (a cut replaces an object event about this often).
+
+    Returns:
+        dict following docs/CONTRACTS.md (plus `seed`, `num_frames`, per-scene `rgb`/frame span,
+        per-event `kind`/`frame` and the shape's state).
+
+    Raises:
+        ValueError: non-positive seconds/fps, odd or too small width/height.
+    """
+    fr = _as_fraction(fps)
+    if not seconds > 0:
+        raise ValueError(f"seconds must be > 0, got {seconds}")
+    if width < 64 or height < 64 or width % 2 or height % 2:
+        raise ValueError(f"width and height must be even and >= 64 (H.264 yuv420p), got {width}x{height}")
+    num_frames = max(1, round(seconds * fr))
+    rng = np.random.default_rng(seed)
+
+    # Change points: frame indices at least min_gap apart, first one after about 1 s.
+    def frames_of(s: float) -> int:
+        return max(1, round(s * fr))
+
+    points: list[int] = []
+    f = frames_of(float(rng.uniform(0.5, 1.5)))
+    while f < num_frames:
+        points.append(f)
+        f += frames_of(float(rng.uniform(min_gap_s, max_gap_s)))
+
+    bg_names = list(BACKGROUNDS)
+    bg = bg_names[int(rng.integers(len(bg_names)))]
+    scenes: list[dict] = [{"background": bg, "frame_start": 0}]
+    events: list[dict] = []
+    texts: set[str] = set()
+    cur: _Shape | None = None
+    last_cut = 0
+    mean_scene_frames = scene_s * fr
+
+    def add(kind: str, frame: int, text: str, **extra) -> None:
+        texts.add(text)
+        events.append({"frame": frame, "kind": kind, "text": text, **extra})
+
+    def cut_candidates(frame: int) -> list[tuple[str, str]]:
+        prev = scenes[-1]["background"]
+        out = []
+        for name in bg_names:
+            l1 = sum(abs(a - b) for a, b in zip(BACKGROUNDS[name], BACKGROUNDS[prev], strict=True))
+            text = f"the scene cuts from a {prev} background to a {name} one"
+            if name != prev and l1 >= MIN_BACKGROUND_L1 and text not in texts:
+                out.append((name, text))
+        return out
+
+    for frame in points:
+        since_cut = frame - last_cut
+        want_cut = since_cut >= mean_scene_frames * float(rng.uniform(0.7, 1.3))
+        cands = cut_candidates(frame) if want_cut else []
+        if cands:
+            name, text = cands[int(rng.integers(len(cands)))]
+            scenes[-1]["frame_end"] = frame
+            scenes.append({"background": name, "frame_start": frame})
+            last_cut = frame
+            add("cut", frame, text, background=name)
+            continue
+        # Object event: enumerate every possible action with an unused caption.
+        options: list[tuple[str, _Shape, str]] = []
+        if cur is None:
+            for color in COLORS:
+                for shape in SHAPES:
+                    for pos in POSITIONS:
+                        text = f"a {color} {shape} appears {_PHRASE_IN[pos]}"
+                        options.append(("appear", _Shape(shape, color, pos), text))
+        else:
+            the = f"the {cur.color} {cur.shape}"
+            for pos in POSITIONS:
+                if pos != cur.position:
+                    options.append(("move", _Shape(cur.shape, cur.color, pos), f"{the} moves {_PHRASE_TO[pos]}"))
+            for color in COLORS:
+                if color != cur.color:
+                    options.append(("recolor", _Shape(cur.shape, color, cur.position), f"{the} turns {color}"))
+            for shape in SHAPES:
+                if shape != cur.shape:
+                    options.append(
+                        ("reshape", _Shape(shape, cur.color, cur.position), f"{the} turns into a {shape}")
+                    )
+            options.append(("disappear", cur, f"{the} disappears"))
+        options = [o for o in options if o[2] not in texts]
+        if not options:
+            continue  # every caption used (very long videos): no event at this point
+        # Pick the kind first (so appear/move don't dominate by count), then the option.
+        kinds = sorted({o[0] for o in options})
+        weights = {"appear": 1.0, "move": 1.0, "recolor": 1.0, "reshape": 1.0, "disappear": 0.6}
+        p = np.array([weights[k] for k in kinds])
+        kind = kinds[int(rng.choice(len(kinds), p=p / p.sum()))]
+        options = [o for o in options if o[0] == kind]
+        kind, new, text = options[int(rng.integers(len(options)))]
+        add(kind, frame, text, shape=new.shape, color=new.color, position=new.position)
+        cur = None if kind == "disappear" else new
+    scenes[-1]["frame_end"] = num_frames
+
+    def t(frame: int) -> float:
+        return float(Fraction(frame) / fr)
+
+    for i, ev in enumerate(events):
+        ev["end_frame"] = events[i + 1]["frame"] if i + 1 < len(events) else num_frames
+    out_events = []
+    for ev in events:
+        d = {"start_s": t(ev["frame"]), "end_s": t(ev.pop("end_frame")), "text": ev.pop("text")}
+        d.update(ev)
+        out_events.append(d)
+    out_scenes = [
+        {
+            "start_s": t(s["frame_start"]),
+            "end_s": t(s["frame_end"]),
+            "background": s["background"],
+            "rgb": list(BACKGROUNDS[s["background"]]),
+            "frame_start": s["frame_start"],
+            "frame_end": s["frame_end"],
+        }
+        for s in scenes
+    ]
+    return {
+        "video": None,
+        "seconds": t(num_frames),
+        "fps": float(fr),
+        "width": int(width),
+        "height": int(height),
+        "seed": int(seed),
+        "num_frames": int(num_frames),
+        "cuts": [s["start_s"] for s in out_scenes[1:]],
+        "scenes": out_scenes,
+        "events": out_events,
+    }
+
+
+def _shape_mask(shape: str, cx: float, cy: float, r: float, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    dx, dy = xx - cx, yy - cy
+    if shape == "circle":
+        return dx * dx + dy * dy <= r * r
+    if shape == "square":
+        s = r * 0.85
+        return (np.abs(dx) <= s) & (np.abs(dy) <= s)
+    if shape == "diamond":
+        return np.abs(dx) + np.abs(dy) <= r * 1.1
+    if shape == "triangle":  # apex up
+        return (dy <= r * 0.8) & (dy >= -r) & (np.abs(dx) <= (dy + r) * 0.6)
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def render_frames(plan: dict):
+    """Yield the frames of a planned video: uint8 (H, W, 3) RGB arrays, `plan["num_frames"]` of them."""
+    w, h, n = plan["width"], plan["height"], plan["num_frames"]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    r = min(w, h) / 10.0
+    scene_of = np.zeros(n, dtype=np.int64)
+    for i, s in enumerate(plan["scenes"]):
+        scene_of[s["frame_start"] : s["frame_end"]] = i
+    starts = sorted({e["frame"] for e in plan["events"]}) + [n]
+    by_frame = {e["frame"]: e for e in plan["events"] if e["kind"] != "cut"}
+    cur = None  # (shape, color, (cx, cy))
+    move = None  # (from_xy, to_xy, first_frame, end_frame)
+    for f in range(n):
+        ev = by_frame.get(f)
+        if ev is not None:
+            fx, fy = POSITIONS[ev["position"]]
+            xy = (fx * w, fy * h)
+            move = None
+            if ev["kind"] == "disappear":
+                cur = None
+            elif ev["kind"] == "move" and cur is not None:
+                end = next(s for s in starts if s > f)
+                move = (cur[2], xy, f, end)
+                cur = (ev["shape"], ev["color"], xy)
+            else:
+                cur = (ev["shape"], ev["color"], xy)
+        frame = np.empty((h, w, 3), dtype=np.uint8)
+        frame[:] = plan["scenes"][scene_of[f]]["rgb"]
+        if cur is not None:
+            cx, cy = cur[2]
+            if move is not None and f < move[3]:
+                (sx, sy), (tx, ty), f0, f1 = move
+                a = (f - f0 + 1) / (f1 - f0)
+                cx, cy = sx + a * (tx - sx), sy + a * (ty - sy)
+            frame[_shape_mask(cur[0], cx, cy, r, yy, xx)] = COLORS[cur[1]]
+        yield frame
+
+
+def write_video(path: Path, frames, fps: float, width: int, height: int, *, crf: int = 20) -> None:
+    """Encode RGB uint8 (H, W, 3) frames to H.264 (libx264, yuv420p) in an MP4 at `path`.
+
+    Frame `i` gets pts `i` in time base `1 / fps`, so it is shown at exactly `i / fps` seconds.
+    Keyframes every 2 s and at scene cuts (x264 scenecut); moov atom at the front (faststart).
+    """
+    import av
+
+    fr = _as_fraction(fps)
+    with av.open(str(path), mode="w", format="mp4", options={"movflags": "+faststart"}) as out:
+        stream = out.add_stream("libx264", rate=fr)
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.gop_size = max(1, int(round(2 * fr)))
+        stream.options = {"crf": str(crf), "preset": "veryfast"}
+        for i, rgb in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            vf.pts = i
+            vf.time_base = Fraction(1) / fr
+            out.mux(stream.encode(vf))
+        out.mux(stream.encode(None))
+
+
+def make_sample_videos(
+    out_dir: str | Path,
+    count: int = 3,
+    seconds: float = 20.0,
+    fps: float = 8,
+    width: int = 320,
+    height: int = 240,
+    seed: int = 0,
+) -> list[Path]:
+    """Write `count` sample videos `sample_00.mp4 ...` and their `sample_00.json` into `out_dir`.
+
+    Video `i` uses seed `seed * 1000 + i`, so each video differs and the set is reproducible.
+    Cost: about 0.1-0.3 s per 20 s video at 320x240, 8 fps on a 2-core CPU.
+
+    Returns:
+        paths of the `.mp4` files, in order.
+
+    Raises:
+        ValueError: count < 1, or see `plan_sample_video`.
+    """
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        plan = plan_sample_video(seconds, fps, width, height, seed=seed * 1000 + i)
+        name = f"sample_{i:02d}.mp4"
+        plan["video"] = name
+        path = out_dir / name
+        write_video(path, render_frames(plan), plan["fps"], width, height)
+        path.with_suffix(".json").write_text(json.dumps(plan, indent=1) + "\n")
+        paths.append(path)
+    return paths
+
+
+def load_truth(video_path: str | Path) -> dict:
+    """The ground-truth JSON written next to a sample video (`NAME.mp4` -> `NAME.json`)."""
+    return json.loads(Path(video_path).with_suffix(".json").read_text())
+
+
+def make_bad_files(out_dir: str | Path) -> dict[str, Path]:
+    """Write bad and odd inputs for decoder tests into `out_dir`.
+
+    Returns a dict name -> path:
+        `empty`: zero-byte `empty.mp4`.
+        `text`: a UTF-8 text file named `not_a_video.mp4`.
+        `truncated`: an 8 s, 64-frame H.264 MP4 (moov at the front) cut to its first half of bytes:
+            the index promises 64 frames, the data holds fewer.
+        `truncated_no_moov`: the same video without faststart, cut in half (moov atom lost).
+        `audio_only`: 1 s of AAC audio in `audio_only.mp4` (no video stream).
+        `one_frame`: a valid H.264 MP4 with a single frame.
+        `unicode_path`: a valid 2 s sample at `"odd näme 日本/clip ü ß.mp4"` (spaces, non-ASCII).
+    """
+    import av
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+
+    p = out_dir / "empty.mp4"
+    p.write_bytes(b"")
+    files["empty"] = p
+
+    p = out_dir / "not_a_video.mp4"
+    p.write_text("This is not a video. It is a text file with an .mp4 name.\n" * 20)
+    files["text"] = p
+
+    plan = plan_sample_video(8.0, 8, 320, 240, seed=7)
+    full = out_dir / "_full.mp4"
+    write_video(full, render_frames(plan), 8, 320, 240)
+    data = full.read_bytes()
+    p = out_dir / "truncated.mp4"
+    p.write_bytes(data[: len(data) // 2])
+    files["truncated"] = p
+    full.unlink()
+
+    p = out_dir / "truncated_no_moov.mp4"
+    with av.open(str(p), mode="w", format="mp4") as out:  # moov at the end
+        stream = out.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        for rgb in render_frames(plan):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        out.mux(stream.encode(None))
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    files["truncated_no_moov"] = p
+
+    p = out_dir / "audio_only.mp4"
+    sr = 44100
+    with av.open(str(p), mode="w", format="mp4") as out:
+        stream = out.add_stream("aac", rate=sr)
+        stream.layout = "mono"
+        tone = (0.2 * np.sin(2 * np.pi * 440 * np.arange(sr) / sr)).astype(np.float32)
+        step = 1024
+        for k in range(0, sr, step):
+            chunk = tone[k : k + step][None, :]
+            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp", layout="mono")
+            af.sample_rate = sr
+            af.pts = k
+            out.mux(stream.encode(af))
+        out.mux(stream.encode(None))
+    files["audio_only"] = p
+
+    p = out_dir / "one_frame.mp4"
+    plan1 = plan_sample_video(1 / 8, 8, 160, 120, seed=1)
+    write_video(p, render_frames(plan1), 8, 160, 120)
+    files["one_frame"] = p
+
+    sub = out_dir / "odd näme 日本"
+    sub.mkdir(exist_ok=True)
+    p = sub / "clip ü ß.mp4"
+    plan2 = plan_sample_video(2.0, 8, 160, 120, seed=2)
+    plan2["video"] = p.name
+    write_video(p, render_frames(plan2), 8, 160, 120)
+    p.with_suffix(".json").write_text(json.dumps(plan2, indent=1, ensure_ascii=False) + "\n")
+    files["unicode_path"] = p
+    return files
+
+
+def scene_at(truth: dict, t: float) -> dict:
+    """The scene (from a sample's JSON) showing at time `t` seconds."""
+    for s in truth["scenes"]:
+        if s["start_s"] <= t < s["end_s"]:
+            return s
+    raise ValueError(f"t={t} s is outside [0, {truth['seconds']})")
+
+
+__all__ = [
+    "BACKGROUNDS",
+    "COLORS",
+    "POSITIONS",
+    "SHAPES",
+    "load_truth",
+    "make_bad_files",
+    "make_sample_videos",
+    "plan_sample_video",
+    "render_frames",
+    "scene_at",
+    "write_video",
+]

@@ -1,0 +1,86 @@
+"""Small factories for the storage tests: random memories and records, no model needed."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from model.memory import VSTMemory, WindowSpan
+from storage import VideoRecord
+
+FP = "f" * 64
+FP_OTHER = "e" * 64
+
+
+def make_memory(
+    *,
+    num_windows: int = 4,
+    layers: int = 2,
+    kv_heads: int = 2,
+    head_dim: int = 8,
+    sink_tokens: int = 3,
+    tokens: tuple[int, ...] | None = None,
+    dtype: torch.dtype = torch.float16,
+    fingerprint: str | None = FP,
+    seed: int = 0,
+    seconds_per_window: float = 10.0,
+) -> VSTMemory:
+    """A random `VSTMemory`; window i spans frames [10i, 10i+10) and seconds [i*s, (i+1)*s - 0.5]."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = tokens or tuple(5 + (i % 3) for i in range(num_windows))
+
+    def rnd(t: int) -> torch.Tensor:
+        x = torch.randn((layers, 2, kv_heads, t, head_dim), generator=g, dtype=torch.float32)
+        return x.to(dtype)  # (L, 2, Hkv, T, D)
+
+    windows = [
+        WindowSpan(
+            index=i,
+            frame_start=10 * i,
+            frame_end=10 * i + 10,
+            ratio=8,
+            num_vst=t,
+            carry_in=i % 2,
+            start_s=i * seconds_per_window,
+            end_s=(i + 1) * seconds_per_window - 0.5,
+        )
+        for i, t in enumerate(tokens)
+    ]
+    return VSTMemory(
+        sink=rnd(sink_tokens),
+        window_kv=[rnd(w.num_vst) for w in windows],
+        windows=windows,
+        fingerprint=fingerprint,
+        meta={"seed": seed},
+    )
+
+
+def video_id(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()[:32]
+
+
+def make_record(name: str = "a", fingerprint: str = FP, **kw) -> VideoRecord:
+    """A `VideoRecord` for a video named `name` (id = digest of the name)."""
+    base = dict(
+        video_id=video_id(name),
+        model_fingerprint=fingerprint,
+        model_name="tiny",
+        source_uri=f"/videos/{name}.mp4",
+        size_bytes=1234,
+        duration_s=40.0,
+        native_fps=30.0,
+        frame_count=1200,
+        width=64,
+        height=48,
+        codec="h264",
+        sampled_frames=list(range(0, 1200, 30)),
+        sampled_times=[i * 1.0 for i in range(40)],
+        plan='{"planner": "fixed"}',
+        decode_s=0.1,
+        plan_s=0.01,
+        encode_s=1.5,
+        indexer_version="test",
+    )
+    base.update(kw)
+    return VideoRecord(**base)
