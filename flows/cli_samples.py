@@ -14,7 +14,9 @@ import typer
 def sample_videos(
     out_dir: Path = typer.Argument(..., help="Folder to write sample_NN.mp4 and sample_NN.json into."),
     count: int = typer.Option(3, "--count", "-n", min=1, help="Number of videos."),
-    seconds: float = typer.Option(20.0, "--seconds", "-s", min=0.125, help="Duration of each video, seconds."),
+    seconds: float = typer.Option(
+        20.0, "--seconds", "-s", min=0.125, help="Duration of each video, seconds."
+    ),
     fps: float = typer.Option(8.0, "--fps", min=0.1, max=120.0, help="Frames per second."),
     width: int = typer.Option(320, "--width", min=64, help="Frame width, pixels (even)."),
     height: int = typer.Option(240, "--height", min=64, help="Frame height, pixels (even)."),

@@ -206,10 +206,14 @@ def plan_sample_video(
             the = f"the {cur.color} {cur.shape}"
             for pos in POSITIONS:
                 if pos != cur.position:
-                    options.append(("move", _Shape(cur.shape, cur.color, pos), f"{the} moves {_PHRASE_TO[pos]}"))
+                    options.append(
+                        ("move", _Shape(cur.shape, cur.color, pos), f"{the} moves {_PHRASE_TO[pos]}")
+                    )
             for color in COLORS:
                 if color != cur.color:
-                    options.append(("recolor", _Shape(cur.shape, color, cur.position), f"{the} turns {color}"))
+                    options.append(
+                        ("recolor", _Shape(cur.shape, color, cur.position), f"{the} turns {color}")
+                    )
             for shape in SHAPES:
                 if shape != cur.shape:
                     options.append(
@@ -352,7 +356,7 @@ def make_sample_videos(
     """Write `count` sample videos `sample_00.mp4 ...` and their `sample_00.json` into `out_dir`.
 
     Video `i` uses seed `seed * 1000 + i`, so each video differs and the set is reproducible.
-    Cost: about 0.1-0.3 s per 20 s video at 320x240, 8 fps on a 2-core CPU.
+    Cost: about 0.3-0.5 s per 20 s video at 320x240, 8 fps on a 2-core CPU.
 
     Returns:
         paths of the `.mp4` files, in order.

@@ -517,7 +517,9 @@ def decode(
     except (RuntimeError, decord.DECORDError) as exc:
         del vr
         _raise_truncated_if_short(p, frame_count, exc)
-        raise DecodeFailed(f"{p}: decoding failed ({_short(exc)}); re-encode it to H.264 MP4", path=p) from None
+        raise DecodeFailed(
+            f"{p}: decoding failed ({_short(exc)}); re-encode it to H.264 MP4", path=p
+        ) from None
     if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[0] != len(idx) or batch.shape[3] != 3:
         raise DecodeFailed(f"{p}: decoder returned {batch.dtype} {batch.shape}; re-encode the video", path=p)
     duration = info["duration_s"] if info["duration_s"] else frame_count / native_fps
@@ -574,7 +576,10 @@ def decode_with_timeout(
 
     Frames come back through a temporary `.npy` file in `tmp_dir` (default: the system temp
     folder), not through pickling; the file is removed before returning. Cheap checks (missing or
-    empty file) run in the caller without starting a process. Startup cost about 0.3-0.5 s.
+    empty file) run in the caller without starting a process. Cost: about 0.5 s per call to start
+    the worker (spawn + imports) on a 2-core CPU. Under "spawn" the caller's `__main__` module is
+    imported again in the worker, so scripts must guard their entry point with
+    `if __name__ == "__main__":`.
 
     Args:
         path: a local video file.
@@ -605,8 +610,9 @@ def decode_with_timeout(
         send.close()
         deadline = time.monotonic() + timeout_s
         msg = None
-        # poll() returns early on a message or when the child closes its end (exit or crash).
-        while msg is None:
+        ended = False  # the child closed its end of the pipe (exited or crashed) without a message
+        # poll() returns early on a message or when the child's end is closed.
+        while msg is None and not ended:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
@@ -614,20 +620,21 @@ def decode_with_timeout(
                 try:
                     msg = recv.recv()
                 except EOFError:
-                    break
+                    ended = True
             elif not proc.is_alive():
-                break
+                ended = True
         if msg is None:
-            if proc.is_alive():
+            if ended:
+                proc.join(5)  # the pipe can close a moment before the process is reaped
+            if not ended or proc.is_alive():
                 proc.kill()
                 proc.join(5)
                 raise DecodeTimeout(
                     f"{p}: decoding did not finish in {timeout_s:g} s and the worker was killed; the file "
                     "may be damaged (decord can hang on a wrong frame count) or too long for this "
-                    "timeout; re-encode it or raise --decode-timeout",
+                    "timeout; re-encode it or raise the decode timeout",
                     path=p,
                 )
-            proc.join(5)
             raise DecodeCrashed(
                 f"{p}: the decode worker died (exit code {proc.exitcode}) without an answer; the file "
                 "probably crashes decord; re-encode it to H.264 MP4 or remove it from the sources",

@@ -84,3 +84,21 @@ def make_record(name: str = "a", fingerprint: str = FP, **kw) -> VideoRecord:
     )
     base.update(kw)
     return VideoRecord(**base)
+
+
+# -- process workers (module-level so `spawn` children can import them) -------------------------
+def memory_for(name: str) -> VSTMemory:
+    """The deterministic memory of video `name` (about 1 MiB), the same in every process."""
+    seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
+    return make_memory(seed=seed, num_windows=4, tokens=(128, 129, 130, 131), head_dim=64, kv_heads=2, layers=4)
+
+
+def put_worker(uri: str, names: list[str], ready, repeat: int = 1) -> None:
+    """Put `memory_for(name)` for each name (`repeat` times), setting `ready` once imports are done."""
+    from storage import open_archive
+
+    arch = open_archive(uri)
+    ready.set()
+    for _ in range(repeat):
+        for n in names:
+            arch.put(make_record(n), memory_for(n))

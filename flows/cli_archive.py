@@ -1,0 +1,250 @@
+"""`vxl archive ...`: inspect and maintain the VST-KV archive.
+
+Every command takes `--archive URI` (default: $VXL_ARCHIVE, else ./archive) and `--json`.
+Exit status: 0 success, 1 infrastructure error, 2 usage error (e.g. unknown video id),
+3 `verify` found problems.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import datetime, timedelta
+from typing import Any
+
+import typer
+
+ArchiveOpt = typer.Option(
+    None, "--archive", "-a", help="Archive URI (folder or s3://...). Default: $VXL_ARCHIVE or ./archive."
+)
+JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")
+
+LS_FIELDS = (
+    "video_id",
+    "source_uri",
+    "status",
+    "error_kind",
+    "error",
+    "model_fingerprint",
+    "model_name",
+    "num_windows",
+    "num_vst_tokens",
+    "kv_bytes",
+    "dtype",
+    "duration_s",
+    "indexed_at",
+)
+
+
+def _open(uri: str | None):
+    from storage import open_archive
+
+    uri = uri or os.environ.get("VXL_ARCHIVE") or "archive"
+    try:
+        return open_archive(uri)
+    except Exception as exc:  # infrastructure: unreachable store, bad format version, ...
+        typer.echo(f"error: cannot open archive {uri}: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, datetime):
+        return v.isoformat()
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def _print_json(obj: Any) -> None:
+    typer.echo(json.dumps(_jsonable(obj), indent=2))
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _resolve_id(arch, vid: str) -> str:
+    ids = sorted({r.video_id for r in arch.list_videos()})
+    if vid in ids:
+        return vid
+    hits = [i for i in ids if i.startswith(vid)]
+    if len(hits) == 1:
+        return hits[0]
+    typer.echo(
+        f"error: {'no' if not hits else 'ambiguous'} video id {vid!r} (see `vxl archive ls`)", err=True
+    )
+    raise typer.Exit(2)
+
+
+def register(app: typer.Typer) -> None:
+    sub = typer.Typer(name="archive", help="Inspect and maintain the VST-KV archive.", no_args_is_help=True)
+    app.add_typer(sub, name="archive")
+
+    @sub.command("ls")
+    def ls_cmd(
+        archive: str = ArchiveOpt,
+        as_json: bool = JsonOpt,
+        where: str = typer.Option(None, "--where", help="SQL filter on `videos`, e.g. \"status = 'failed'\"."),
+    ) -> None:
+        """List videos (one line per video and model fingerprint)."""
+        arch = _open(archive)
+        recs = arch.list_videos(where)
+        rows = [{k: getattr(r, k) for k in LS_FIELDS} for r in recs]
+        if as_json:
+            _print_json(rows)
+            return
+        typer.echo(f"{'video_id':<16} {'status':<8} {'fp':<8} {'win':>4} {'vst':>7} {'kv':>10}  source / error")
+        for r in rows:
+            tail = r["source_uri"] or ""
+            if r["status"] != "indexed":
+                tail += f"  [{r['error_kind']}: {r['error']}]"
+            typer.echo(
+                f"{r['video_id'][:16]:<16} {r['status']:<8} {r['model_fingerprint'][:8]:<8} "
+                f"{r['num_windows'] if r['num_windows'] is not None else '-':>4} "
+                f"{r['num_vst_tokens'] if r['num_vst_tokens'] is not None else '-':>7} "
+                f"{_size(r['kv_bytes']):>10}  {tail}"
+            )
+        typer.echo(f"{len(rows)} row(s)")
+
+    @sub.command("show")
+    def show_cmd(
+        video_id: str = typer.Argument(..., help="Video id (or a unique prefix)."),
+        archive: str = ArchiveOpt,
+        as_json: bool = JsonOpt,
+    ) -> None:
+        """Show one video: its record(s) and, per fingerprint, its windows (no K/V is read)."""
+        import dataclasses
+
+        arch = _open(archive)
+        vid = _resolve_id(arch, video_id)
+        out = []
+        for rec in arch.list_videos(f"video_id = '{vid}'"):
+            d = dataclasses.asdict(rec)
+            if rec.status == "indexed":
+                emb, spans = arch.window_embeddings(rec.video_id, rec.model_fingerprint)
+                d["windows"] = [dataclasses.asdict(s) for s in spans]
+                d["has_clip_embeddings"] = emb is not None
+            out.append(d)
+        if as_json:
+            _print_json(out)
+            return
+        for d in out:
+            for k, v in d.items():
+                if k == "windows":
+                    continue
+                if k in ("sampled_frames", "sampled_times") and v is not None and len(v) > 8:
+                    v = f"{v[:8]}... ({len(v)})"
+                typer.echo(f"{k:>18}: {v}")
+            for w in d.get("windows", []):
+                typer.echo(
+                    f"    window {w['index']:>3}: frames {w['frame_start']}-{w['frame_end']}  "
+                    f"{w['start_s']}-{w['end_s']} s  ratio {w['ratio']}  vst {w['num_vst']}  carry {w['carry_in']}"
+                )
+            typer.echo("")
+
+    @sub.command("verify")
+    def verify_cmd(archive: str = ArchiveOpt, as_json: bool = JsonOpt) -> None:
+        """Re-check every blob checksum and per-video invariants. Exit 3 and list problems if any."""
+        import dataclasses
+
+        arch = _open(archive)
+        rep = arch.verify()
+        if as_json:
+            _print_json(
+                {
+                    "ok": rep.ok,
+                    "videos_checked": rep.videos_checked,
+                    "blobs_checked": rep.blobs_checked,
+                    "bytes_checked": rep.bytes_checked,
+                    "garbage_rows": rep.garbage_rows,
+                    "problems": [dataclasses.asdict(p) for p in rep.problems],
+                }
+            )
+        else:
+            typer.echo(
+                f"checked {rep.videos_checked} video(s), {rep.blobs_checked} blob(s), "
+                f"{_size(rep.bytes_checked)}; {rep.garbage_rows} garbage row(s) (`compact` removes them)"
+            )
+            for p in rep.problems:
+                where = "video" if p.window is None else ("sink" if p.window < 0 else f"window {p.window}")
+                typer.echo(f"BAD {p.video_id} {where} [{p.kind}]: {p.detail}", err=True)
+            typer.echo("OK" if rep.ok else f"{len(rep.problems)} problem(s)")
+        if not rep.ok:
+            raise typer.Exit(3)
+
+    @sub.command("stats")
+    def stats_cmd(archive: str = ArchiveOpt, as_json: bool = JsonOpt) -> None:
+        """Counts, K/V bytes and bytes on disk."""
+        st = _open(archive).stats()
+        if as_json:
+            _print_json(st)
+            return
+        for k, v in st.items():
+            if k in ("kv_bytes",):
+                v = f"{v} ({_size(v)})"
+            if k == "disk_bytes" and v:
+                v = ", ".join(f"{n} {_size(b)}" for n, b in v.items())
+            if k == "disk_over_kv" and v:
+                v = f"{v:.4f}"
+            typer.echo(f"{k:>15}: {v}")
+
+    @sub.command("compact")
+    def compact_cmd(
+        archive: str = ArchiveOpt,
+        as_json: bool = JsonOpt,
+        older_than: float = typer.Option(
+            600.0, "--older-than", help="Remove table versions older than this many seconds."
+        ),
+        grace: float = typer.Option(
+            600.0, "--grace", help="Keep uncommitted K/V rows younger than this many seconds (puts in flight)."
+        ),
+    ) -> None:
+        """Delete garbage K/V rows, compact files and remove old versions."""
+        import warnings
+
+        arch = _open(archive)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            out = arch.compact(older_than=timedelta(seconds=older_than), garbage_grace=timedelta(seconds=grace))
+        if as_json:
+            _print_json(out)
+        else:
+            typer.echo(f"deleted {out['garbage_rows_deleted']} garbage row(s)")
+            for n, s in out["tables"].items():
+                typer.echo(f"{n}: {s}")
+
+    @sub.command("rm")
+    def rm_cmd(
+        video_id: str = typer.Argument(..., help="Video id (exact)."),
+        archive: str = ArchiveOpt,
+        as_json: bool = JsonOpt,
+        fingerprint: str = typer.Option(None, "--fingerprint", help="Only this model fingerprint."),
+    ) -> None:
+        """Remove a video (all fingerprints unless --fingerprint) and its K/V."""
+        from storage import VideoNotFound
+
+        arch = _open(archive)
+        try:
+            n = arch.rm(video_id, fingerprint)
+        except VideoNotFound as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+        if as_json:
+            _print_json({"video_id": video_id, "removed": n})
+        else:
+            typer.echo(f"removed {n} row(s) of {video_id}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _app = typer.Typer()
+    register(_app)
+    sys.exit(_app())

@@ -1,0 +1,51 @@
+"""Shared fixtures: small factories, as in vLLM's and LanceDB's test suites.
+
+- `tiny_vx`: the built-in tiny Video-XL (CPU, fp32), loaded once per session.
+- `oracle_dir`: `tests/data/oracle`, a copy of `shared/oracle` (checkpoint + outputs written by the
+  original Video-XL code), kept in the repository so CI has it.
+- `sample_dir`: real H.264 sample videos (+ event JSON) made once per session with
+  `tasks.samples.make_sample_videos`.
+- `archive`: a fresh archive in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+ORACLE = Path(__file__).parent / "data" / "oracle"
+
+
+@pytest.fixture(scope="session")
+def oracle_dir() -> Path:
+    assert (ORACLE / "checkpoint" / "config.json").is_file(), f"oracle data missing at {ORACLE}"
+    return ORACLE
+
+
+@pytest.fixture(scope="session")
+def tiny_vx():
+    from model import load_model
+
+    return load_model("tiny", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory) -> Path:
+    from tasks.samples import make_sample_videos
+
+    out = tmp_path_factory.mktemp("samples")
+    make_sample_videos(out, count=3, seconds=20.0, seed=0)
+    return out
+
+
+@pytest.fixture
+def archive(tmp_path):
+    from storage import open_archive
+
+    return open_archive(str(tmp_path / "archive"))
