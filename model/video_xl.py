@@ -119,6 +119,12 @@ class VideoXL:
                 "device": str(self.device), "layers": self.config.num_hidden_layers,
                 "kv_heads": self.config.num_key_value_heads, "head_dim": self.config.head_dim_}
 
+    def save_pretrained(self, folder: str | Path, max_shard_bytes: int = 2**30) -> Path:
+        """Write this model as a Video-XL-layout checkpoint folder (see `model.checkpoint.save_checkpoint`)."""
+        from .checkpoint import save_checkpoint
+
+        return save_checkpoint(self.model, self.tokenizer, folder, max_shard_bytes=max_shard_bytes)
+
     # -- text -----------------------------------------------------------------------------------
     def _encode_text(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False).input_ids)

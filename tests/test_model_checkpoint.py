@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from model import load_model
-from model.checkpoint import CheckpointError, save_checkpoint
+from model.checkpoint import CheckpointError
 
 
 def _frames(n, seed=0):
@@ -21,7 +21,7 @@ def _frames(n, seed=0):
 @pytest.fixture(scope="module")
 def saved(tiny_vx, tmp_path_factory):
     folder = tmp_path_factory.mktemp("ckpt") / "Video_XL_tiny"
-    save_checkpoint(tiny_vx.model, tiny_vx.tokenizer, folder, max_shard_bytes=200_000)
+    tiny_vx.save_pretrained(folder, max_shard_bytes=200_000)
     return folder
 
 

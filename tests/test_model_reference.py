@@ -6,11 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from reference_videoxl import reference_encode_and_logits
 from transformers import CLIPVisionModel, Qwen2Config, Qwen2ForCausalLM
 
-from model.checkpoint import to_checkpoint_keys
 from model.memory import VSTMemory
-from reference_videoxl import reference_encode_and_logits
 
 
 def _frames(n, h=336, w=336, seed=0):
