@@ -1,0 +1,446 @@
+"""VICO synthesis over a video library: jobs, per-video work on Ray, outputs (issue 7).
+
+Pure functions first (usable without Ray or Prefect), then the Ray fan-out, then the Prefect tasks
+that `flows/synth_vico.py` is made of:
+
+- `VicoOptions`: everything a run needs; `validate()` raises `VicoUsageError` (CLI exit 2).
+- `plan_jobs(options)`: discover videos under `source` (`tasks.video.discover`), join the CinePile
+  annotations when given (`vico_synth.cinepile`) -> `VideoJob`s + the join report.
+- `process_video(job, captioner, extractor, options)`: content digest, decode at `fps` (in a
+  killable child process), then `vico_synth.pipeline.synth_video`; a bad file is a skipped
+  `VideoResult`, never an exception.
+- `run_jobs(jobs, options)`: in this process (`workers=0`) or fanned out over Ray: when the captioner
+  or extractor loads a model, `workers` long-lived actors each build the back ends once (one GPU
+  each when the cluster has GPUs); otherwise one Ray task per video.
+- `write_outputs(results, options, join)`: train/val split, balanced answer positions,
+  `OUT/train.json`, `OUT/val.json`, `OUT/summary.json` (canonical bytes), the archive's
+  `vico_samples` table when `archive` is given; returns the summary.
+
+Ray workers never run Prefect's engine (ECOSYSTEM.md), only the functions above.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vico_synth.captioners import CAPTIONERS, make_captioner
+from vico_synth.cinepile import JoinResult, join_cinepile, read_annotations
+from vico_synth.extractors import EXTRACTORS, make_extractor
+from vico_synth.pipeline import (
+    FAILURE_KINDS,
+    SKIP_DECODE,
+    SKIP_WORKER,
+    SynthSettings,
+    VideoInput,
+    VideoResult,
+    summarize,
+    synth_video,
+)
+from vico_synth.samples import FORMS, SampleConfig, archive_rows, finalize, parse_k, write_samples_json
+from vico_synth.schema import validate_samples
+
+EXIT_OK, EXIT_INFRA, EXIT_USAGE, EXIT_FAILURES = 0, 1, 2, 3
+
+
+class VicoUsageError(ValueError):
+    """Bad arguments (unknown back end, bad k, missing annotations file): CLI exit status 2."""
+
+
+@dataclass
+class VicoOptions:
+    """A VICO run.
+
+    Attributes:
+        source: video folder, file, glob or manifest (list allowed).
+        out: output folder (train.json, val.json, summary.json).
+        annotations: CinePile-format .parquet/.jsonl file; only videos it names are processed.
+        captioner, extractor: registry names (`vico_synth.captioners.CAPTIONERS`, `...extractors.EXTRACTORS`).
+        captioner_options, extractor_options: keyword options of the back ends (e.g. model folder).
+        seed: seed of every random choice.
+        clip_seconds: clip length, seconds.
+        k: clues per sample, "4" or a range "3-6".
+        min_gap_s: minimum gap between chosen clues, seconds (default: clip_seconds).
+        samples_per_video: clue selections per video (each gives one sample per form).
+        forms: "open" and/or "mc".
+        num_choices: options per multiple-choice question.
+        val_fraction: share of videos in the validation split.
+        fps: decoded frames per second of video (clips get about clip_seconds * fps frames).
+        max_frames: cap on decoded frames per video (uniform over the video when reached).
+        decode_timeout_s: kill a decode after this many seconds.
+        workers: Ray workers (default: one per GPU for model back ends, else the CPUs); 0 runs in this process.
+        ray_address: Ray cluster (default `RAY_ADDRESS`, else a local Ray).
+        archive: archive URI to write `vico_samples` rows into (optional).
+    """
+
+    source: str | list[str]
+    out: str
+    annotations: str | None = None
+    captioner: str = "videoxl"
+    extractor: str = "heuristic"
+    captioner_options: dict[str, Any] = field(default_factory=dict)
+    extractor_options: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    clip_seconds: float = 14.0
+    k: str = "4"
+    min_gap_s: float | None = None
+    samples_per_video: int = 1
+    forms: tuple[str, ...] = FORMS
+    num_choices: int = 4
+    val_fraction: float = 0.1
+    fps: float = 1.0
+    max_frames: int = 1024
+    decode_timeout_s: float = 300.0
+    workers: int | None = None
+    ray_address: str | None = None
+    archive: str | None = None
+
+    @property
+    def sources(self) -> list[str]:
+        return [self.source] if isinstance(self.source, str | os.PathLike) else [str(s) for s in self.source]
+
+    def settings(self) -> SynthSettings:
+        lo, hi = parse_k(self.k)
+        gap = self.clip_seconds if self.min_gap_s is None else self.min_gap_s
+        return SynthSettings(clip_seconds=float(self.clip_seconds), samples=SampleConfig(
+            k_min=lo, k_max=hi, min_gap_s=float(gap), samples_per_video=self.samples_per_video,
+            forms=tuple(self.forms), num_choices=self.num_choices, val_fraction=self.val_fraction, seed=self.seed))
+
+    def validate(self) -> None:
+        """Raises VicoUsageError naming the bad argument. Builds (but does not load) the back ends."""
+        if self.captioner not in CAPTIONERS:
+            raise VicoUsageError(f"--captioner must be one of {sorted(CAPTIONERS)}, got {self.captioner!r}")
+        if self.extractor not in EXTRACTORS:
+            raise VicoUsageError(f"--extractor must be one of {sorted(EXTRACTORS)}, got {self.extractor!r}")
+        if self.annotations is not None and not Path(self.annotations).is_file():
+            raise VicoUsageError(f"--annotations {self.annotations!r} is not a file")
+        if self.captioner == "annotations" and self.annotations is None:
+            raise VicoUsageError("--captioner annotations needs --annotations FILE (CinePile rows)")
+        if self.workers is not None and self.workers < 0:
+            raise VicoUsageError(f"--workers must be >= 0, got {self.workers}")
+        if not self.fps > 0 or self.max_frames < 1 or not self.decode_timeout_s > 0:
+            raise VicoUsageError("fps, max_frames and decode_timeout_s must be positive")
+        try:
+            self.settings()
+            make_captioner(self.captioner, self.captioner_options)
+            make_extractor(self.extractor, self.extractor_options)
+        except (ValueError, FileNotFoundError) as exc:
+            raise VicoUsageError(str(exc)) from None
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["forms"] = list(d["forms"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VicoOptions:
+        d = dict(d)
+        d["forms"] = tuple(d.get("forms", FORMS))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """One video to process: local path, path relative to the video folder, annotation (or None)."""
+
+    path: str
+    video: str
+    annotation: dict | None = None
+
+
+# ----------------------------------------------------------------------------------------------
+# jobs
+
+
+def _root(sources: list[str], paths: list[Path]) -> Path:
+    if len(sources) == 1 and Path(sources[0]).is_dir():
+        return Path(os.path.abspath(sources[0]))
+    parents = [str(p.parent) for p in paths]
+    return Path(os.path.commonpath(parents)) if parents else Path.cwd()
+
+
+def _rel(p: Path, root: Path) -> str:
+    try:
+        return p.relative_to(root).as_posix()
+    except ValueError:
+        return p.as_posix()
+
+
+def plan_jobs(options: VicoOptions) -> tuple[list[VideoJob], JoinResult | None]:
+    """Videos to process (ordered by relative path) and, with annotations, the join report.
+
+    Raises:
+        VicoUsageError: a source that does not exist, an unreadable annotations file.
+    """
+    from tasks.video import discover
+
+    try:
+        found = [s.path for s in discover(options.sources)]
+        rows = read_annotations(options.annotations) if options.annotations else None
+    except (ValueError, FileNotFoundError) as exc:
+        raise VicoUsageError(str(exc)) from None
+    root = _root(options.sources, found)
+    if rows is None:
+        jobs = [VideoJob(str(p), _rel(p, root)) for p in found]
+        join = None
+    else:
+        join = join_cinepile(rows, found)
+        jobs = [VideoJob(str(p), _rel(p, root), ann) for p, _, ann in join.matched]
+        join.unmatched_videos = [_rel(Path(p), root) for p in join.unmatched_videos]
+    return sorted(jobs, key=lambda j: j.video), join
+
+
+# ----------------------------------------------------------------------------------------------
+# one video
+
+
+def process_video(job: VideoJob, captioner, extractor, options: VicoOptions) -> VideoResult:
+    """Digest, decode and synthesise one video. Decode errors become a skipped result."""
+    from tasks.video import DecodeError, decode, decode_with_timeout, video_id
+
+    try:
+        vid = video_id(job.path)
+        kw = dict(fps=options.fps, max_frames=options.max_frames)
+        if options.decode_timeout_s:
+            dv = decode_with_timeout(job.path, timeout_s=options.decode_timeout_s, **kw)
+        else:
+            dv = decode(job.path, **kw)
+    except DecodeError as exc:
+        return VideoResult(video=job.video, video_id=None, path=job.path).skip(
+            SKIP_DECODE, f"{exc.kind}: {exc}")
+    inp = VideoInput(video_id=vid, video=job.video, path=job.path,
+                     frames=dv.frames if captioner.needs_frames else None, timestamps=dv.timestamps,
+                     duration_s=float(dv.duration_s), annotation=job.annotation)
+    return synth_video(inp, captioner, extractor, options.settings())
+
+
+def _backends(options: VicoOptions):
+    return (make_captioner(options.captioner, options.captioner_options),
+            make_extractor(options.extractor, options.extractor_options))
+
+
+def run_local(jobs: list[VideoJob], options: VicoOptions) -> list[VideoResult]:
+    """Every job in this process, in order (back ends built once)."""
+    captioner, extractor = _backends(options)
+    return [process_video(j, captioner, extractor, options) for j in jobs]
+
+
+# ----------------------------------------------------------------------------------------------
+# Ray fan-out
+
+_REMOTES: dict[str, Any] = {}
+
+
+def _ray_remotes():
+    """(task, actor class), defined once per process (ray imported lazily)."""
+    if not _REMOTES:
+        import ray
+
+        @ray.remote(max_retries=1)
+        def synth_remote(job: VideoJob, options: dict) -> VideoResult:
+            opts = VicoOptions.from_dict(options)
+            captioner, extractor = _backends(opts)
+            return process_video(job, captioner, extractor, opts)
+
+        @ray.remote(max_restarts=2, max_task_retries=1)
+        class VicoWorker:
+            """Builds the captioner and extractor once (models load on first use) and processes videos."""
+
+            def __init__(self, options: dict):
+                self.options = VicoOptions.from_dict(options)
+                self.captioner, self.extractor = _backends(self.options)
+
+            def run(self, job: VideoJob) -> VideoResult:
+                return process_video(job, self.captioner, self.extractor, self.options)
+
+        _REMOTES["task"], _REMOTES["actor"] = synth_remote, VicoWorker
+    return _REMOTES["task"], _REMOTES["actor"]
+
+
+def is_heavy(options: VicoOptions) -> bool:
+    """True when the captioner or the extractor loads a model (then long-lived actors are used)."""
+    return CAPTIONERS[options.captioner].heavy or EXTRACTORS[options.extractor].heavy
+
+
+def run_on_ray(jobs: list[VideoJob], options: VicoOptions) -> tuple[list[VideoResult], dict]:
+    """Fan the jobs out over Ray. Returns (results in job order, {"workers", "mode", "dashboard_url"}).
+
+    A worker that dies on a video (after Ray's retries) gives that video a `worker_failed` skip.
+    Raises `tasks.ray_runtime.RayUnavailable` when Ray cannot be reached or started.
+    """
+    import ray
+
+    from tasks.ray_runtime import ensure_ray
+
+    info = ensure_ray(options.ray_address)
+    task, actor_cls = _ray_remotes()
+    opts = options.to_dict()
+    if not jobs:
+        return [], {"workers": 0, "mode": "none", "dashboard_url": info.dashboard_url}
+    heavy = is_heavy(options)
+    if heavy:
+        n = options.workers or (info.num_gpus if info.num_gpus else max(1, info.num_cpus // 2))
+        n = max(1, min(n, len(jobs)))
+        gpus = 1 if info.num_gpus else 0
+        actors = [actor_cls.options(num_gpus=gpus).remote(opts) for _ in range(n)]
+        refs = [actors[i % n].run.remote(j) for i, j in enumerate(jobs)]
+        mode = "actors"
+    else:
+        n = options.workers or info.num_cpus
+        refs = [task.remote(j, opts) for j in jobs]
+        mode = "tasks"
+    results = []
+    for j, ref in zip(jobs, refs, strict=True):
+        try:
+            results.append(ray.get(ref))
+        except ray.exceptions.RayError as exc:
+            msg = str(exc).strip().splitlines()
+            results.append(VideoResult(video=j.video, video_id=None, path=j.path).skip(
+                SKIP_WORKER, f"{type(exc).__name__}: {msg[-1][:300] if msg else ''}"))
+    if heavy:
+        for a in actors:
+            ray.kill(a)
+    return results, {"workers": n, "mode": mode, "dashboard_url": info.dashboard_url}
+
+
+def run_jobs(jobs: list[VideoJob], options: VicoOptions) -> tuple[list[VideoResult], dict]:
+    """`run_local` when `options.workers == 0`, else `run_on_ray`."""
+    if options.workers == 0:
+        return run_local(jobs, options), {"workers": 0, "mode": "local", "dashboard_url": None}
+    return run_on_ray(jobs, options)
+
+
+# ----------------------------------------------------------------------------------------------
+# outputs
+
+
+def sample_meta(options: VicoOptions) -> dict:
+    """Fields copied into every record's `vico` object."""
+    return {"captioner": options.captioner, "extractor": options.extractor,
+            "clip_seconds": float(options.clip_seconds), "seed": int(options.seed)}
+
+
+def write_outputs(results: list[VideoResult], options: VicoOptions, join: dict | None = None) -> dict:
+    """Split, render, validate and write the samples; returns the summary (also in summary.json).
+
+    Files (canonical bytes, so the same inputs and seed give identical files): `train.json`,
+    `val.json` (LLaVA-style arrays) and `summary.json` in `options.out`. With `options.archive`,
+    the samples are upserted into its `vico_samples` table (idempotent on sample id).
+    """
+    results = sorted(results, key=lambda r: (r.video, r.video_id or ""))
+    settings = options.settings()
+    drafts = [d for r in results for d in r.drafts]
+    splits = finalize(drafts, settings.samples, sample_meta(options))
+    for samples in splits.values():
+        validate_samples(samples)  # a failure here is a bug in the builder, not bad input
+    out = Path(options.out)
+    files = {}
+    for name, samples in splits.items():
+        files[name] = write_samples_json(out / f"{name}.json", samples).name
+    archived = 0
+    if options.archive:
+        from storage import open_archive
+
+        arch = open_archive(options.archive)
+        archived = arch.put_vico_samples(archive_rows([s for sp in splits.values() for s in sp]))
+    s = settings.samples
+    summary = summarize(results, splits, {
+        "files": files,
+        "archive_rows": archived,
+        "annotations": join,
+        "settings": {"captioner": options.captioner, "extractor": options.extractor, "seed": options.seed,
+                     "clip_seconds": float(options.clip_seconds), "k": [s.k_min, s.k_max], "min_gap_s": s.min_gap_s,
+                     "samples_per_video": s.samples_per_video, "forms": list(s.forms),
+                     "num_choices": s.num_choices, "val_fraction": s.val_fraction, "fps": options.fps},
+    })
+    summary["exit_code"] = exit_code(summary)
+    import json
+
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, sort_keys=True, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(out / "summary.json")
+    return summary
+
+
+def exit_code(summary: dict) -> int:
+    """0: samples written, every skip a content limit; 3: a video failed (decode, back end,
+    worker) or no sample at all was written."""
+    if summary["samples_written"]["total"] == 0:
+        return EXIT_FAILURES
+    if any(k in FAILURE_KINDS for k in summary["skipped_by_kind"]):
+        return EXIT_FAILURES
+    return EXIT_OK
+
+
+def summary_markdown(summary: dict) -> str:
+    """The Prefect artifact: counts, distributions and skipped videos."""
+    sw, v = summary["samples_written"], summary["videos"]
+    lines = [
+        "# VICO synthesis", "",
+        "| samples | train | val | videos | with samples | skipped |", "|---:|---:|---:|---:|---:|---:|",
+        f"| {sw['total']} | {sw['train']} | {sw['val']} | {v['total']} | {v['with_samples']} | {v['skipped']} |", "",
+        f"Captioner `{summary['settings']['captioner']}`, extractor `{summary['settings']['extractor']}`, "
+        f"seed {summary['settings']['seed']}, clips of {summary['settings']['clip_seconds']:g} s.", "",
+        "Clue counts: " + (", ".join(f"k={k}: {n}" for k, n in summary["clue_counts"].items()) or "none"),
+    ]
+    for sp, pos in summary["answer_positions"].items():
+        lines.append(f"Answer positions ({sp}): " + ", ".join(f"{k}: {n}" for k, n in pos.items()))
+    if summary["skipped"]:
+        lines += ["", "## Skipped videos", "", "| video | kind | reason |", "|---|---|---|"]
+        for s in summary["skipped"][:200]:
+            lines.append(f"| {s['video']} | {s['kind']} | {(s['reason'] or '').replace('|', '/')[:300]} |")
+    ann = summary.get("annotations")
+    if ann:
+        lines += ["", f"Annotations: {ann['matched_videos']} video(s) matched, {len(ann['missing_files'])} key(s) "
+                      f"without a local file, {len(ann['bad_rows'])} row(s) without a key."]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# Prefect tasks (the flow in flows/synth_vico.py is made of these; one task per stage, not per video)
+
+
+def _make_prefect_tasks():
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
+
+    @task(name="plan-vico-jobs", cache_policy=NO_CACHE)
+    def plan_vico_jobs(options: dict) -> tuple[list[dict], dict | None]:
+        """Discover videos and join annotations."""
+        jobs, join = plan_jobs(VicoOptions.from_dict(options))
+        return [dataclasses.asdict(j) for j in jobs], (join.report() if join else None)
+
+    @task(name="synth-vico-videos", cache_policy=NO_CACHE)
+    def synth_vico_videos(jobs: list[dict], options: dict) -> tuple[list[VideoResult], dict]:
+        """Per-video synthesis fanned out over Ray (or in-process with workers=0)."""
+        return run_jobs([VideoJob(**j) for j in jobs], VicoOptions.from_dict(options))
+
+    @task(name="write-vico-samples", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+    def write_vico_samples(results: list[VideoResult], options: dict, join: dict | None) -> dict:
+        """train.json / val.json / summary.json, and the archive's vico_samples rows (retried: the
+        writes are idempotent)."""
+        return write_outputs(results, VicoOptions.from_dict(options), join)
+
+    @task(name="vico-summary", cache_policy=NO_CACHE)
+    def publish_summary(summary: dict) -> str:
+        """A markdown artifact (key `synth-vico-summary`)."""
+        from prefect.artifacts import create_markdown_artifact
+
+        return str(create_markdown_artifact(key="synth-vico-summary", markdown=summary_markdown(summary),
+                                            description="vxl synth_vico run summary"))
+
+    return plan_vico_jobs, synth_vico_videos, write_vico_samples, publish_summary
+
+
+_PREFECT_TASKS = None
+
+
+def prefect_tasks():
+    """(plan_vico_jobs, synth_vico_videos, write_vico_samples, publish_summary), built once."""
+    global _PREFECT_TASKS
+    if _PREFECT_TASKS is None:
+        _PREFECT_TASKS = _make_prefect_tasks()
+    return _PREFECT_TASKS
