@@ -3,6 +3,7 @@
 Heavy modules are imported on first use, so `import model` is cheap.
 """
 
+from . import dynamic  # noqa: F401  (registers the `dynamic` planner)
 from .memory import VSTMemory, WindowSpan
 from .plan import PLANNERS, ChunkPlan, PlannedWindow
 

@@ -181,7 +181,9 @@ def _window_change(spans: list[tuple[int, int]], similarity: np.ndarray) -> list
     """Mean `1 - s_i` over the gaps inside each window (gap i joins frames i and i + 1).
 
     A one-frame window has no inside gap and takes the mean over the gaps on either side (0 for a
-    one-frame video). Rounded to 12 digits so ties do not depend on summation order.
+    one-frame video); a one-frame segment between two cuts therefore scores high and gets a fine
+    ratio (a flash shot; it costs few VSTs). Rounded to 12 digits so ties do not depend on
+    summation order.
     """
     dissim = 1.0 - similarity  # (F - 1,)
     out = []
