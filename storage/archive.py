@@ -47,6 +47,7 @@ STATUS_INDEXED = "indexed"
 STATUS_FAILED = "failed"
 
 _RETRIES = 30
+_CACHE_ENTRIES = 4096  # per read cache; cleared when full
 
 
 @dataclass
@@ -192,6 +193,29 @@ def _table_from_rows(rows: list[dict], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pydict(cols, schema=schema)
 
 
+def _pread_blobs(locations: list[tuple[str, int, int]]) -> list[np.ndarray]:
+    """Read each (file, offset, size) into its own uint8 array (one open per file)."""
+    out: list[np.ndarray] = []
+    fds: dict[str, int] = {}
+    try:
+        for path, offset, size in locations:
+            fd = fds.get(path)
+            if fd is None:
+                fd = fds[path] = os.open(path, os.O_RDONLY)
+            buf = np.empty(size, dtype=np.uint8)  # (size,)
+            view, done = memoryview(buf), 0
+            while done < size:
+                n = os.preadv(fd, [view[done:]], offset + done)
+                if n <= 0:
+                    raise OSError(f"{path}: blob ends after {done} of {size} bytes")
+                done += n
+            out.append(buf)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    return out
+
+
 def _dedupe(rows: Iterable[dict], key: str) -> list[dict]:
     out: dict[str, dict] = {}
     for r in rows:
@@ -210,12 +234,26 @@ class Archive:
 
         self.uri = str(uri)
         self.storage_options = dict(storage_options or {})
+        local = "://" not in self.uri or self.uri.startswith("file://")
+        self._local_root = os.path.abspath(self.uri.removeprefix("file://")) if local else None
+        """the archive folder when it is on a local file system (blob sidecars are read directly)."""
         self._db = lancedb.connect(
             self.uri,
             read_consistency_interval=timedelta(0),
             storage_options=self.storage_options or None,
         )
         self._tables: dict[str, Any] = {}
+        # Read caches (per process, never persisted). A Lance snapshot is immutable, so anything
+        # read from version v of a table stays true for version v; every call asks for the latest
+        # version number first (a listing of `_versions/`: cheap locally, one LIST on S3).
+        self._snapshots: dict[str, Any] = {}
+        """table name -> Lance dataset checked out at the newest version seen."""
+        self._video_cache: dict[str, tuple[int, list[dict]]] = {}
+        """video_id -> (videos version, its `videos` rows at that version)."""
+        self._kv_cache: dict[tuple[str, str], list[dict]] = {}
+        """(key, write_id) -> metadata rows (with row addresses and blob locations) of that write."""
+        self._frag_files: dict[int, str | None] = {}
+        """vst_kv fragment id -> its data file path (for blob sidecar locations)."""
         for name in SCHEMAS:
             self._table(name)
 
@@ -253,8 +291,24 @@ class Archive:
         return tbl
 
     def _ds(self, name: str):
-        """A Lance dataset snapshot of the latest committed version of table `name`."""
-        return self._table(name).to_lance()
+        """A Lance dataset snapshot of the latest committed version of table `name`.
+
+        The snapshot handle is kept between calls: each call only asks Lance for the latest version
+        number and checks out a new snapshot when it changed. So a commit by this or any other
+        process is visible to the next call (the `read_consistency_interval=0` guarantee), without
+        re-opening the dataset every time. Returned snapshots are never mutated (no
+        `checkout_latest` on a shared handle), so a caller may keep reading one.
+        """
+        ds = self._snapshots.get(name)
+        if ds is None:
+            ds = self._table(name).to_lance()
+        else:
+            latest = ds.latest_version
+            if latest == ds.version:
+                return ds
+            ds = ds.checkout_version(latest)
+        self._snapshots[name] = ds
+        return ds
 
     def schema(self, name: str) -> pa.Schema:
         """The Arrow schema of table `name` as stored."""
@@ -406,8 +460,20 @@ class Archive:
                 return r["write_id"]
         return None
 
-    def _resolve(self, video_id: str, fingerprint: str) -> VideoRecord:
-        rows = self._video_rows(f"video_id = {_q(video_id)}")
+    def _rows_of_video(self, video_id: str, *, cached: bool = True) -> list[dict]:
+        """`videos` rows of `video_id` (all fingerprints) at the latest version; cached per version."""
+        ds = self._ds("videos")
+        hit = self._video_cache.get(video_id) if cached else None
+        if hit is not None and hit[0] == ds.version:
+            return hit[1]
+        rows = ds.to_table(filter=f"video_id = {_q(video_id)}").to_pylist()
+        if len(self._video_cache) >= _CACHE_ENTRIES:
+            self._video_cache.clear()
+        self._video_cache[video_id] = (ds.version, rows)
+        return rows
+
+    def _resolve(self, video_id: str, fingerprint: str, *, cached: bool = True) -> VideoRecord:
+        rows = self._rows_of_video(video_id, cached=cached)
         if not rows:
             raise VideoNotFound(video_id, fingerprint)
         match = [r for r in rows if r["model_fingerprint"] == fingerprint]
@@ -425,26 +491,85 @@ class Archive:
             )
         return rec
 
-    def _kv_meta(self, rec: VideoRecord, ds=None) -> tuple[Any, list[dict]]:
-        """Snapshot and metadata rows (with `_rowid`) of the committed write of `rec`, window order."""
-        ds = ds or self._ds("vst_kv")
+    def _blob_location(self, ds, row: dict) -> tuple[str, int, int] | None:
+        """(file, offset, size) of a row's `kv` blob in a local Lance blob v2 sidecar file, or None.
+
+        Lance blob v2 keeps each blob's descriptor in the data file (kind 1 = packed in a shared
+        sidecar, kind 2 = a dedicated sidecar; `position`, `size`, `blob_id`) and the bytes in
+        `data/<data file stem>/<blob_id bit-reversed, as 32 binary digits>.blob`. Anything else
+        (inline or external blobs, object stores, several data files) gives None: Lance reads it.
+        The location is only a hint: every blob read through it is checked against its size and
+        xxh3 checksum, and `load_memory` re-reads through Lance when a check fails.
+        """
+        desc = row.get("kv")
+        if not isinstance(desc, dict) or desc.get("kind") not in (1, 2) or desc.get("blob_uri"):
+            return None
+        if int(desc["size"]) != int(row["nbytes"]):
+            return None
+        frag = int(row["_rowaddr"]) >> 32
+        if frag not in self._frag_files:
+            path = None
+            try:
+                files = ds.get_fragment(frag).metadata.files
+                if len(files) == 1 and getattr(files[0], "base_id", None) is None:
+                    path = files[0].path
+            except (OSError, RuntimeError, ValueError, AttributeError):
+                path = None
+            self._frag_files[frag] = path
+        path = self._frag_files[frag]
+        if not path or not path.endswith(".lance") or "/" in path:
+            return None
+        name = f"{int(desc['blob_id']) & 0xFFFFFFFF:032b}"[::-1] + ".blob"  # blob_id.reverse_bits()
+        return (os.path.join(self._local_root, "vst_kv.lance", "data", path[: -len(".lance")], name),
+                int(desc["position"]), int(desc["size"]))
+
+    def _kv_meta(self, rec: VideoRecord, ds, *, cached: bool = True) -> list[dict]:
+        """Metadata rows (with `_rowaddr`, and `_blob` locations when local) of the committed write
+        of `rec` in snapshot `ds`, in window order.
+
+        The rows of one write never change (a write_id is used once; rows are only ever deleted),
+        so they are cached per (key, write_id) and reused while every row's fragment is still in
+        `ds`. Compaction rewrites fragments under new ids (ids are never reused), which makes the
+        cached row addresses stale and sends this back to a scan.
+        """
+        ck = (rec.key, rec.write_id)
+        hit = self._kv_cache.get(ck) if cached else None
+        if hit is not None:
+            frags = ds.fragment_ids()
+            if all((int(r["_rowaddr"]) >> 32) in frags for r in hit):
+                return hit
+        blob_v2 = getattr(ds.schema.field("kv").type, "extension_name", None) == "lance.blob.v2"
+        columns = VST_KV_META_COLUMNS + (["kv"] if blob_v2 else [])  # v2: a scan gives descriptors
         tab = ds.to_table(
-            columns=VST_KV_META_COLUMNS,
+            columns=columns,
             filter=f"key = {_q(rec.key)} AND write_id = {_q(rec.write_id)}",
-            with_row_id=True,
+            with_row_address=True,
         )
         rows = tab.to_pylist()
         rows.sort(key=lambda r: r["window"])
-        return ds, rows
+        for r in rows:
+            loc = self._blob_location(ds, r) if (cached and self._local_root) else None
+            r.pop("kv", None)
+            if loc is not None:
+                r["_blob"] = loc
+        if cached and len(rows) == (rec.num_windows or 0) + 1:
+            if len(self._kv_cache) >= _CACHE_ENTRIES:
+                self._kv_cache.clear()
+            self._kv_cache[ck] = rows
+        return rows
 
-    def _committed(self, video_id: str, fingerprint: str) -> tuple[VideoRecord, Any, list[dict]]:
-        """Committed record and its K/V rows; retried if a concurrent put replaced it meanwhile."""
+    def _committed(
+        self, video_id: str, fingerprint: str, *, cached: bool = True
+    ) -> tuple[VideoRecord, Any, list[dict]]:
+        """Committed record, a `vst_kv` snapshot and its K/V rows; retried if a concurrent put
+        replaced the record meanwhile. `cached=False` bypasses every read cache."""
         for _ in range(5):
-            rec = self._resolve(video_id, fingerprint)
-            ds, rows = self._kv_meta(rec)
+            rec = self._resolve(video_id, fingerprint, cached=cached)
+            ds = self._ds("vst_kv")
+            rows = self._kv_meta(rec, ds, cached=cached)
             if len(rows) == (rec.num_windows or 0) + 1:
                 return rec, ds, rows
-            again = self._resolve(video_id, fingerprint)
+            again = self._resolve(video_id, fingerprint, cached=False)
             if again.write_id == rec.write_id:
                 break
         have = {r["window"] for r in rows}
@@ -481,7 +606,20 @@ class Archive:
             KeyError: a requested window index the memory does not have.
             ValueError: a time range on a memory without timestamps.
         """
-        rec, ds, rows = self._committed(video_id, fingerprint)
+        try:
+            return self._load(video_id, fingerprint, windows, cached=True)
+        except (CorruptBlob, OSError, RuntimeError):
+            # A cached row address gone stale, a sidecar removed by `compact`, or real corruption:
+            # read again with fresh scans and through Lance only; a real fault raises from here.
+            self._video_cache.pop(video_id, None)
+            for k in [k for k in list(self._kv_cache) if k[0] == f"{video_id}/{fingerprint}"]:
+                self._kv_cache.pop(k, None)
+            return self._load(video_id, fingerprint, windows, cached=False)
+
+    def _load(
+        self, video_id: str, fingerprint: str, windows: Sequence[int] | tuple[float, float] | None, *, cached: bool
+    ) -> VSTMemory:
+        rec, ds, rows = self._committed(video_id, fingerprint, cached=cached)
         sink = [r for r in rows if r["window"] == SINK_WINDOW]
         wins = [r for r in rows if r["window"] != SINK_WINDOW]
         if windows is None:
@@ -505,11 +643,24 @@ class Archive:
         return codec.memory_from_rows(sel, blobs, fingerprint=fingerprint, meta=meta)
 
     @staticmethod
-    def _read_blobs(ds, rows: list[dict]) -> list[bytes | None]:
-        if not rows:
-            return []
-        got = ds.read_blobs("kv", ids=[r["_rowid"] for r in rows], preserve_order=True)
-        return [b for _, b in got]
+    def _read_blobs(ds, rows: list[dict]) -> list[Any]:
+        """The `kv` bytes of `rows`, in order: rows with a `_blob` location are read directly from
+        their local sidecar file, the others (small inline blobs, object stores) with Lance's
+        `read_blobs` by row address (or row id). Nothing else is read; the caller checks sizes and
+        checksums."""
+        out: list[Any] = [None] * len(rows)
+        direct = [i for i, r in enumerate(rows) if "_blob" in r]
+        for i, buf in zip(direct, _pread_blobs([rows[i]["_blob"] for i in direct]), strict=True):
+            out[i] = buf
+        rest = [i for i, r in enumerate(rows) if "_blob" not in r]
+        if rest:
+            if all("_rowaddr" in rows[i] for i in rest):
+                got = ds.read_blobs("kv", addresses=[rows[i]["_rowaddr"] for i in rest], preserve_order=True)
+            else:
+                got = ds.read_blobs("kv", ids=[rows[i]["_rowid"] for i in rest], preserve_order=True)
+            for i, (_, b) in zip(rest, got, strict=True):
+                out[i] = b
+        return out
 
     def window_embeddings(self, video_id: str, fingerprint: str) -> tuple[np.ndarray | None, list[WindowSpan]]:
         """Per-window CLIP embeddings and spans, without reading any K/V blob.

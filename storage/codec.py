@@ -94,8 +94,11 @@ def tensor_from_bytes(buf: _BufferLike, dtype: str, shape: Sequence[int]) -> tor
         raise ValueError(f"{view.nbytes} bytes for a {dtype} tensor of shape {shape} ({nbytes} bytes)")
     if nbytes == 0:
         return torch.empty(shape, dtype=tdtype)
-    with warnings.catch_warnings():  # immutable `bytes`: torch warns that the buffer is read-only
-        warnings.simplefilter("ignore", UserWarning)
+    if view.readonly:
+        with warnings.catch_warnings():  # immutable `bytes`: torch warns that the buffer is read-only
+            warnings.simplefilter("ignore", UserWarning)
+            flat = torch.frombuffer(view, dtype=torch.uint8)  # (nbytes,)
+    else:
         flat = torch.frombuffer(view, dtype=torch.uint8)  # (nbytes,)
     return flat.view(tdtype).view(shape)  # (L, 2, Hkv, T, D)
 

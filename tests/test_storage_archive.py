@@ -257,3 +257,61 @@ def test_stats_and_compact(tmp_path):
     assert arch.load_memory(video_id("a"), FP).equal(mem)
     assert arch.verify().ok
     assert os.path.isdir(root / "videos.lance")
+
+
+# -- read caches: kept snapshots, cached K/V rows, direct sidecar reads ---------------------------
+def _big_memory(seed: int, **kw):
+    """Windows large enough for Lance to keep them in blob sidecar files (read directly)."""
+    return make_memory(seed=seed, num_windows=3, tokens=(300, 301, 302), head_dim=32, **kw)
+
+
+def test_cached_reads_use_sidecars_and_follow_replacement(arch):
+    m1, m2 = _big_memory(1), _big_memory(2)
+    rec = arch.put(make_record("a"), m1)
+    assert arch.load_memory(rec.video_id, FP).equal(m1)
+    _, _, rows = arch._committed(rec.video_id, FP)
+    assert any("_blob" in r for r in rows)  # the direct path is really taken
+    assert arch.load_memory(rec.video_id, FP).equal(m1)  # from the caches
+    rec2 = arch.put(make_record("a"), m2)  # same key, new write: the next load must see it
+    assert rec2.write_id != rec.write_id
+    assert arch.load_memory(rec.video_id, FP).equal(m2)
+    other = open_archive(arch.uri)  # a second handle (another reader) sees its puts at once
+    other.load_memory(rec.video_id, FP)
+    arch.put(make_record("a"), m1)
+    assert other.load_memory(rec.video_id, FP).equal(m1)
+    arch.rm(rec.video_id)
+    with pytest.raises(VideoNotFound):
+        other.load_memory(rec.video_id, FP)
+
+
+def test_cached_reads_survive_compaction(arch):
+    mems = {n: _big_memory(i) for i, n in enumerate("abc")}
+    for n, m in mems.items():
+        arch.put(make_record(n), m)
+    for n, m in mems.items():
+        assert arch.load_memory(video_id(n), FP).equal(m)
+    before = {k: [r["_rowaddr"] for r in v] for k, v in arch._kv_cache.items()}
+    arch.compact(older_than=timedelta(0), garbage_grace=timedelta(0))  # new fragments, old files gone
+    for n, m in mems.items():
+        assert arch.load_memory(video_id(n), FP).equal(m)
+    after = {k: [r["_rowaddr"] for r in v] for k, v in arch._kv_cache.items()}
+    assert after.keys() == before.keys() and after != before  # stale addresses were re-read
+    assert arch.load_memory(video_id("b"), FP, windows=[2]).equal(mems["b"].select([2]))
+
+
+def test_stale_blob_location_falls_back_to_lance(arch, monkeypatch):
+    mem = _big_memory(5)
+    rec = arch.put(make_record("a"), mem)
+    arch.load_memory(rec.video_id, FP)
+    (rows,) = arch._kv_cache.values()
+    for r in rows:  # poison the cache: every sidecar location points at the wrong bytes
+        if "_blob" in r:
+            path, off, size = r["_blob"]
+            r["_blob"] = (path, off + 8, size)
+    poisoned = [r["_blob"] for r in rows if "_blob" in r]
+    assert poisoned
+    assert arch.load_memory(rec.video_id, FP).equal(mem)  # checksums catch it; Lance re-reads
+    assert (rec.key, rec.write_id) not in arch._kv_cache  # the stale entry is dropped
+    assert arch.load_memory(rec.video_id, FP).equal(mem)
+    fresh = [r["_blob"] for r in arch._kv_cache[(rec.key, rec.write_id)] if "_blob" in r]
+    assert [(p, o + 8, n) for p, o, n in fresh] == poisoned

@@ -6,7 +6,7 @@ import multiprocessing as mp
 import random
 
 import pytest
-from storage_factories import FP, memory_for, put_worker, video_id
+from storage_factories import FP, make_record, memory_for, put_worker, video_id
 
 from storage import VideoNotFound, open_archive
 
@@ -89,3 +89,22 @@ def test_four_concurrent_writers(tmp_path):
     live = arch._ds("vst_kv").to_table(columns=["key", "write_id"]).to_pylist()
     committed = {(r.key, r.write_id) for r in recs}
     assert sum(1 for r in live if (r["key"], r["write_id"]) in committed) == len(names) * 5
+
+
+@pytest.mark.slow
+def test_put_by_another_process_is_visible_to_next_load(tmp_path):
+    """A reader that keeps its snapshots and caches still sees another process's put at once."""
+    uri = str(tmp_path / "arch")
+    arch = open_archive(uri)
+    name = "v0"
+    old = memory_for("other")  # same key, different content
+    arch.put(make_record(name), old)
+    assert arch.load_memory(video_id(name), FP).equal(old)  # snapshots and K/V rows now cached
+    assert arch.load_memory(video_id(name), FP).equal(old)
+    ready = CTX.Event()
+    p = CTX.Process(target=put_worker, args=(uri, [name], ready, 1))
+    p.start()
+    p.join(timeout=120)
+    assert p.exitcode == 0
+    assert arch.load_memory(video_id(name), FP).equal(memory_for(name))
+    assert arch.get_video(video_id(name), FP).write_id == open_archive(uri).get_video(video_id(name), FP).write_id
