@@ -120,12 +120,24 @@ def register(app: typer.Typer) -> None:
         video_id: str = typer.Argument(..., help="Video id (or a unique prefix)."),
         archive: str = ArchiveOpt,
         as_json: bool = JsonOpt,
+        plot: str = typer.Option(None, "--plot", help="Write a PNG of the chunk plan (similarity, depth, "
+                                 "boundaries, windows and ratios) to this path."),
     ) -> None:
         """Show one video: its record(s) and, per fingerprint, its windows (no K/V is read)."""
         import dataclasses
 
         arch = _open(archive)
         vid = _resolve_id(arch, video_id)
+        if plot:
+            from flows.plan_plot import plot_plan
+
+            indexed = [r for r in arch.list_videos(f"video_id = '{vid}'") if r.status == "indexed"]
+            if not indexed:
+                typer.echo(f"error: video {vid} has no indexed memory, so no plan to draw", err=True)
+                raise typer.Exit(2)
+            written = plot_plan(indexed[0], plot)
+            if not as_json:
+                typer.echo(f"plan plot written to {written}")
         out = []
         for rec in arch.list_videos(f"video_id = '{vid}'"):
             d = dataclasses.asdict(rec)
