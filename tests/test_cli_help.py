@@ -9,7 +9,7 @@ HEAVY = ("torch", "lancedb", "lance", "ray", "prefect", "av", "decord", "transfo
 
 
 def test_cli_import_is_light():
-    code = "import sys, flows.cli; print(','.join(m for m in %r if m in sys.modules))" % (HEAVY,)
+    code = f"import sys, flows.cli; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
 

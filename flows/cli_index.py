@@ -1,0 +1,162 @@
+"""`vxl index SOURCE... --archive URI`: index videos into the archive (Prefect flow `index_corpus`).
+
+Exit status: 0 every video indexed or skipped; 3 the run finished but some videos failed;
+1 infrastructure error (archive not writable, Ray unreachable, no worker could load the model);
+2 usage error (bad option, source not found).
+
+Heavy imports (prefect, ray, torch) happen inside the command, so `vxl --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import typer
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+class LiveProgress:
+    """Rich live display on stderr: videos done/failed/total, frames/s, ETA; prints the Ray dashboard URL."""
+
+    def __init__(self, enabled: bool = True):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.console = Console(stderr=True)
+        self.enabled = enabled
+        self.progress = Progress(
+            TextColumn("[bold]indexing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+            TimeRemainingColumn(), console=self.console, transient=False,
+        )
+        self.task = None
+        self.url_shown = False
+
+    def __enter__(self):
+        if self.enabled:
+            self.progress.start()
+            self.task = self.progress.add_task("index", total=None, stats="starting Ray and the encode workers")
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.progress.stop()
+
+    def __call__(self, p) -> None:
+        if not self.enabled:
+            return
+        if p.dashboard_url and not self.url_shown:
+            self.url_shown = True
+            self.console.print(f"Ray dashboard: {p.dashboard_url}")
+        rate = p.frames / p.elapsed_s if p.elapsed_s > 0 else 0.0
+        stats = (f"indexed {p.indexed}  skipped {p.skipped}  [red]failed {p.failed}[/red]  "
+                 f"in flight {p.in_flight}  {rate:.1f} frames/s")
+        self.progress.update(self.task, total=p.total or None, completed=p.done, stats=stats)
+
+
+def index(
+    sources: list[str] = typer.Argument(..., help="Folders (recursive), globs, video files, or .csv/.jsonl/.parquet "
+                                             "manifests with a 'uri' column."),
+    archive: str = typer.Option(None, "--archive", "-a", help="Archive URI (folder or s3://...). "
+                                                            "Default: $VXL_ARCHIVE."),
+    model: str = typer.Option("tiny", "--model", help="'tiny' or a local Video-XL checkpoint folder."),
+    fps: float = typer.Option(1.0, "--fps", help="Sampled frames per second of video."),
+    max_frames: int = typer.Option(128, "--max-frames", help="At most this many frames per video (uniform when capped)."),
+    frames: int = typer.Option(None, "--frames", help="Exactly N frames, uniform over the whole video (overrides --fps)."),
+    chunking: str = typer.Option("dynamic", "--chunking", help="'dynamic' (CLIP-driven windows and ratios) or "
+                                                              "'fixed' (Video-XL's demo: one --ratio)."),
+    ratio: int = typer.Option(8, "--ratio", help="fixed chunking: visual tokens per VST."),
+    target_ratio: int = typer.Option(8, "--target-ratio", help="dynamic chunking: average ratio (VST budget)."),
+    clip_model: str = typer.Option(None, "--clip-model", help="dynamic: open_clip model (default 'vxl-tiny-clip' "
+                                                             "with --model tiny, else 'ViT-B-32')."),
+    clip_weights: str = typer.Option(None, "--clip-weights", help="dynamic: local CLIP state-dict file "
+                                                                 "(default: random weights)."),
+    workers: int = typer.Option(None, "--workers", help="Encode workers (default: one per GPU; without GPUs "
+                                                       "half the CPUs)."),
+    ray_address: str = typer.Option(None, "--ray-address", help="Ray cluster address (default: $RAY_ADDRESS, "
+                                                               "else start a local Ray)."),
+    force: bool = typer.Option(False, "--force", help="Re-index videos already in the archive for this model."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Retry videos whose indexing failed before."),
+    decode_timeout: float = typer.Option(120.0, "--decode-timeout", help="Kill a video's decode after S seconds."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    no_flow: bool = typer.Option(False, "--no-flow", hidden=True,
+                                 help="Run the pipeline without Prefect's engine (debugging, tests)."),
+) -> None:
+    """Index videos into the archive: decode, plan, encode on Ray workers, write each video as it finishes.
+
+    Videos already indexed for this model are skipped (--force re-indexes); videos that failed
+    before are retried only with --retry-failed. Exit status: 0 all indexed or skipped, 3 some
+    videos failed, 1 infrastructure error, 2 usage error.
+    """
+    archive = archive or os.environ.get("VXL_ARCHIVE")
+    if not archive:
+        typer.echo("error: --archive is required (or set VXL_ARCHIVE), e.g. --archive ./archive", err=True)
+        raise typer.Exit(2)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from tasks.index import (
+        IndexInfraError,
+        IndexReport,
+        UsageError,
+        _discover,
+        make_options,
+        run_index,
+        set_progress_sink,
+    )
+    from tasks.ray_runtime import RayUnavailable
+
+    kw = dict(chunking=chunking, ratio=ratio, target_ratio=target_ratio, clip_model=clip_model,
+              clip_weights=clip_weights, fps=fps, max_frames=max_frames, frames=frames, workers=workers,
+              ray_address=ray_address, force=force, retry_failed=retry_failed, decode_timeout_s=decode_timeout)
+    try:
+        make_options(model, **kw).validate()
+        _discover(sources)  # fail fast on missing sources, before Ray and Prefect start
+    except UsageError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+    live = LiveProgress(enabled=sys.stderr.isatty() or not as_json)
+    set_progress_sink(live)
+    try:
+        with live:
+            if no_flow:
+                report = run_index(sources, archive, make_options(model, **kw))
+            else:
+                from flows.index_corpus import index_corpus
+
+                report = IndexReport(**index_corpus(sources=list(sources), archive=archive, model=model, **kw))
+    except UsageError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except (IndexInfraError, RayUnavailable) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        set_progress_sink(None)
+    if as_json:
+        typer.echo(json.dumps(report.to_json()))
+    else:
+        for f in report.failed:
+            typer.echo(f"failed [{f['error_kind']}] {f['source_uri']}: {f['error']}", err=True)
+        s = report.summary()
+        prev = sum(1 for k in report.skipped if k["reason"] == "failed_before")
+        typer.echo(
+            f"indexed {s['indexed']}, skipped {s['skipped']}"
+            + (f" ({prev} failed before; --retry-failed retries them)" if prev else "")
+            + f", failed {s['failed']} of {s['total']} videos; {s['frames']} frames, "
+            f"{_human_bytes(s['kv_bytes'])} K/V, {s['seconds']:.1f} s ({s['frames_per_s']:.1f} frames/s)"
+        )
+    raise typer.Exit(report.exit_code)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `index` to the `vxl` app."""
+    app.command("index")(index)

@@ -1,0 +1,744 @@
+"""Indexing a video library: discover -> digest -> skip -> decode (Ray tasks) -> plan + encode (Ray
+actors) -> archive (driver), one video at a time, resumable.
+
+`run_index(sources, archive, options) -> IndexReport` is the whole pipeline as a plain function
+(no Prefect engine needed: tests and benchmarks call it directly); `flows/index_corpus.py` calls it
+through the Prefect tasks at the bottom of this file. Design and failure handling:
+docs/ARCHITECTURE.md ("Index pipeline").
+
+Errors: `UsageError` (bad options or sources: CLI exit status 2), `IndexInfraError` and
+`tasks.ray_runtime.RayUnavailable` (archive not writable, Ray unreachable, every worker dead: exit
+status 1). A bad video is never an exception: it is a `failed` row of the report (exit status 3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tasks.workers import PlanSpec
+
+TINY_CLIP = "vxl-tiny-clip"
+
+
+class UsageError(ValueError):
+    """Bad options or sources (CLI exit status 2)."""
+
+
+class IndexInfraError(RuntimeError):
+    """The run could not continue: archive not writable, no encode worker alive (CLI exit status 1)."""
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """Everything that controls a run except the sources and the archive.
+
+    Attributes:
+        model: "tiny" or a local Video-XL checkpoint folder.
+        fps: sampled frames per second of video (rate mode).
+        max_frames: cap on sampled frames per video (uniform over the whole video when capped).
+        frames: if set, exactly this many frames uniformly over the whole video (overrides fps).
+        plan: chunk planning (`PlanSpec`).
+        workers: encode actors; None: one per GPU, or `default_cpu_workers()` without GPUs.
+        ray_address: Ray cluster address; None: `RAY_ADDRESS`, else a local Ray.
+        force: re-index videos already indexed (or failed) for this model fingerprint.
+        retry_failed: retry videos whose earlier indexing failed.
+        decode_timeout_s: seconds before a decode child process is killed.
+        max_attempts: encode attempts per video when workers die (then `worker_crashed`).
+        in_flight_per_worker: encode calls queued per actor (2: the next video's frames arrive
+            while the current one encodes).
+    """
+
+    model: str = "tiny"
+    fps: float = 1.0
+    max_frames: int = 128
+    frames: int | None = None
+    plan: PlanSpec = field(default_factory=PlanSpec)
+    workers: int | None = None
+    ray_address: str | None = None
+    force: bool = False
+    retry_failed: bool = False
+    decode_timeout_s: float = 120.0
+    max_attempts: int = 3
+    in_flight_per_worker: int = 2
+
+    def validate(self) -> None:
+        """Raises UsageError naming the bad option and the fix."""
+        if not (self.fps > 0):
+            raise UsageError(f"--fps must be > 0, got {self.fps}")
+        if self.max_frames < 1:
+            raise UsageError(f"--max-frames must be >= 1, got {self.max_frames}")
+        if self.frames is not None and self.frames < 1:
+            raise UsageError(f"--frames must be >= 1, got {self.frames}")
+        if self.workers is not None and self.workers < 1:
+            raise UsageError(f"--workers must be >= 1, got {self.workers}")
+        if not (self.decode_timeout_s > 0):
+            raise UsageError(f"--decode-timeout must be > 0 seconds, got {self.decode_timeout_s}")
+        if self.model != "tiny" and not Path(self.model).is_dir():
+            raise UsageError(f"--model {self.model!r} is neither 'tiny' nor a Video-XL checkpoint folder")
+        try:
+            self.plan.validate()
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+
+def make_options(model: str = "tiny", *, chunking: str = "dynamic", ratio: int = 8, target_ratio: int = 8,
+                 clip_model: str | None = None, clip_weights: str | None = None, **kw) -> IndexOptions:
+    """`IndexOptions` with the CLI's defaults: dynamic chunking; CLIP `vxl-tiny-clip` for the tiny
+    model (random weights), `ViT-B-32` otherwise."""
+    if clip_model is None:
+        clip_model = TINY_CLIP if model == "tiny" else "ViT-B-32"
+    spec = PlanSpec(chunking=chunking, ratio=ratio, target_ratio=target_ratio, clip_model=clip_model,
+                    clip_weights=clip_weights)
+    return IndexOptions(model=model, plan=spec, **kw)
+
+
+def default_cpu_workers(num_cpus: int) -> int:
+    """Encode actors on a machine without GPUs: half the CPUs (the rest decode), at least 1."""
+    return max(1, num_cpus // 2)
+
+
+@dataclass
+class IndexReport:
+    """Outcome of a run. `to_json()` is what `vxl index --json` prints.
+
+    Attributes:
+        indexed: {"video_id", "source_uri", "frames", "windows", "kv_bytes"} per video written.
+        skipped: {"video_id", "source_uri", "reason"}; reason "indexed" (already in the archive for
+            this fingerprint), "failed_before" (failed earlier; `--retry-failed`), "duplicate"
+            (same content as another source of this run).
+        failed: {"source_uri", "video_id", "error_kind", "error"}; video_id None when the file could
+            not be read at all (then nothing is stored in the archive).
+        frames: sampled frames of the indexed videos.
+        kv_bytes: raw K/V bytes written.
+        seconds: wall time of the run.
+    """
+
+    indexed: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)
+    frames: int = 0
+    kv_bytes: int = 0
+    seconds: float = 0.0
+    total: int = 0
+    model: str = ""
+    fingerprint: str | None = None
+    workers: int = 0
+    dashboard_url: str | None = None
+    stage_seconds: dict = field(default_factory=lambda: {"decode": 0.0, "plan": 0.0, "encode": 0.0, "write": 0.0})
+    worker_restarts: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        """0: every video indexed or skipped; 3: some failed."""
+        return 3 if self.failed else 0
+
+    def failed_by_kind(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for f in self.failed:
+            out[f["error_kind"]] = out.get(f["error_kind"], 0) + 1
+        return dict(sorted(out.items()))
+
+    def to_json(self) -> dict:
+        return {"indexed": self.indexed, "skipped": self.skipped, "failed": self.failed, "frames": self.frames,
+                "kv_bytes": self.kv_bytes, "seconds": round(self.seconds, 3)}
+
+    def summary(self) -> dict:
+        """Counts and totals (the Prefect artifact, the CLI's last line)."""
+        return {"total": self.total, "indexed": len(self.indexed), "skipped": len(self.skipped),
+                "failed": len(self.failed), "failed_by_kind": self.failed_by_kind(), "frames": self.frames,
+                "kv_bytes": self.kv_bytes, "seconds": round(self.seconds, 3),
+                "frames_per_s": round(self.frames / self.seconds, 3) if self.seconds > 0 else 0.0,
+                "model": self.model, "fingerprint": self.fingerprint, "workers": self.workers,
+                "worker_restarts": self.worker_restarts,
+                "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()}}
+
+    def markdown(self) -> str:
+        s = self.summary()
+        lines = [
+            "# Index run",
+            "",
+            "| indexed | skipped | failed | frames | KV bytes | seconds | frames/s |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+            f"| {s['indexed']} | {s['skipped']} | {s['failed']} | {s['frames']} | {s['kv_bytes']} | "
+            f"{s['seconds']} | {s['frames_per_s']} |",
+            "",
+            f"Model `{self.model}` (fingerprint `{(self.fingerprint or '-')[:16]}`), {self.workers} encode worker(s), "
+            f"{self.worker_restarts} worker restart(s).",
+        ]
+        if self.failed:
+            lines += ["", "## Failed by reason", "", "| error_kind | videos |", "|---|---:|"]
+            lines += [f"| {k} | {n} |" for k, n in s["failed_by_kind"].items()]
+            lines += ["", "| source | error_kind | error |", "|---|---|---|"]
+            for f in self.failed[:200]:
+                msg = (f["error"] or "").replace("|", "\\|").replace("\n", " ")[:300]
+                lines.append(f"| {f['source_uri']} | {f['error_kind']} | {msg} |")
+        if self.skipped:
+            reasons: dict[str, int] = {}
+            for k in self.skipped:
+                reasons[k["reason"]] = reasons.get(k["reason"], 0) + 1
+            lines += ["", "Skipped: " + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))]
+        return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Progress:
+    """Snapshot passed to the progress callback after every event (and about once a second)."""
+
+    total: int
+    indexed: int
+    skipped: int
+    failed: int
+    frames: int
+    in_flight: int
+    elapsed_s: float
+    event: str = ""
+    """"started", "indexed", "failed", "skipped", "worker_died", "tick", "done"."""
+    video: str | None = None
+    worker_pid: int | None = None
+    dashboard_url: str | None = None
+
+    @property
+    def done(self) -> int:
+        return self.indexed + self.skipped + self.failed
+
+
+ProgressFn = Callable[[Progress], None]
+
+# A process-wide progress sink (the CLI's live display) for runs started through the Prefect flow,
+# whose parameters must stay JSON-serialisable. `run_index(progress=...)` takes precedence.
+_PROGRESS_SINK: ProgressFn | None = None
+
+
+def set_progress_sink(fn: ProgressFn | None) -> None:
+    global _PROGRESS_SINK
+    _PROGRESS_SINK = fn
+
+
+# ----------------------------------------------------------------------------------------------
+# Encode actor pool
+
+
+@dataclass
+class _Slot:
+    handle: object
+    ready_ref: object | None
+    state: str = "loading"  # loading | ready | dead
+    in_flight: int = 0
+    pid: int | None = None
+    ready_failures: int = 0
+
+
+class WorkerPool:
+    """N `EncodeWorker` actors, each loading the model once (`num_gpus=1` each with GPUs, else
+    `num_cpus=1`), restarted by Ray when their process dies (`max_restarts`)."""
+
+    def __init__(self, model: str, spec: PlanSpec, n: int, gpus: bool, max_restarts: int = 4, model_tag: str = ""):
+        from tasks.workers import encode_worker_class
+
+        cls = encode_worker_class()
+        opts = {"num_cpus": 1, "max_restarts": max_restarts, "max_task_retries": 0}
+        if gpus:
+            opts["num_gpus"] = 1
+        self.key = (model, spec, n, gpus)
+        self.slots: list[_Slot] = []
+        for _ in range(n):
+            h = cls.options(**opts).remote(model, spec, model_tag)
+            self.slots.append(_Slot(handle=h, ready_ref=h.ready.remote()))
+        self.info: dict | None = None
+        self.max_ready_failures = 4 * (max_restarts + 1)
+
+    def alive(self) -> list[_Slot]:
+        return [s for s in self.slots if s.state != "dead"]
+
+    def wait_first_ready(self, timeout_s: float = 900.0) -> dict:
+        """Block until one actor has loaded the model; its `ready()` info (fingerprint, name, ...).
+
+        Raises:
+            IndexInfraError: every actor failed to start (the model could not be loaded).
+        """
+        import ray
+
+        if self.info is not None:
+            return self.info
+        deadline = time.monotonic() + timeout_s
+        errors = []
+        while time.monotonic() < deadline:
+            pending = {s.ready_ref: s for s in self.slots if s.state == "loading"}
+            ready = [s for s in self.slots if s.state == "ready"]
+            if ready and self.info is not None:
+                return self.info
+            if not pending:
+                break
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            for ref in done:
+                self._resolve_ready(pending[ref], ref, errors)
+            if self.info is not None:
+                return self.info
+        raise IndexInfraError(
+            "no encode worker could load the model: " + ("; ".join(errors[:2]) or "timed out")
+            + ". Check --model (a Video-XL checkpoint folder or 'tiny') and the worker logs (`ray logs`)."
+        )
+
+    def _resolve_ready(self, slot: _Slot, ref, errors: list | None = None) -> None:
+        import ray
+
+        try:
+            info = ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            slot.ready_failures += 1
+            # a restarting actor answers "unavailable" for a while; a creation error is final
+            final = isinstance(exc, ray.exceptions.RayTaskError) or "creation task" in str(exc)
+            if final or slot.ready_failures >= self.max_ready_failures:
+                slot.state, slot.ready_ref = "dead", None
+                if errors is not None:
+                    errors.append(str(exc).strip().splitlines()[-1][:500])
+            else:
+                time.sleep(0.5)
+                slot.ready_ref = slot.handle.ready.remote()
+            return
+        slot.state, slot.ready_ref, slot.pid, slot.ready_failures = "ready", None, info["pid"], 0
+        if self.info is None:
+            self.info = info
+
+    def shutdown(self) -> None:
+        import ray
+
+        for s in self.slots:
+            try:
+                ray.kill(s.handle)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        self.slots = []
+
+
+_POOLS: dict[tuple, WorkerPool] = {}
+
+
+def shutdown_workers() -> None:
+    """Kill encode actors kept alive by `run_index(reuse_workers=True)`."""
+    for pool in _POOLS.values():
+        pool.shutdown()
+    _POOLS.clear()
+
+
+def _get_pool(options: IndexOptions, num_gpus: int, num_cpus: int, reuse: bool) -> WorkerPool:
+    gpus = num_gpus > 0
+    n = options.workers or (num_gpus if gpus else default_cpu_workers(num_cpus))
+    key = (options.model, options.plan, n, gpus)
+    if reuse and key in _POOLS and _POOLS[key].alive():
+        return _POOLS[key]
+    shutdown_workers()  # one kept pool at most: an idle pool would hold CPUs/GPUs the new one needs
+    pool = WorkerPool(options.model, options.plan, n, gpus, model_tag=Path(options.model).name)
+    if reuse:
+        _POOLS[key] = pool
+    return pool
+
+
+# ----------------------------------------------------------------------------------------------
+# The pipeline
+
+
+@dataclass
+class _Job:
+    source_uri: str
+    path: str
+    video_id: str
+    attempts: int = 0
+
+
+def _indexer_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return f"vxl {version('vxl')}"
+    except Exception:  # noqa: BLE001 - not installed as a package
+        return "vxl"
+
+
+def _discover(sources) -> list:
+    from tasks.video import Source, discover
+
+    if all(isinstance(s, Source) for s in sources):
+        return list(sources)
+    try:
+        return discover([str(s) for s in sources])
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def open_archive_checked(archive):
+    """`storage.open_archive(uri)` with failures turned into `IndexInfraError` (not writable, wrong
+    format version, unreachable object store). Passes an already open archive through."""
+    if not isinstance(archive, str | os.PathLike):
+        return archive
+    from storage import ArchiveError, open_archive
+
+    try:
+        return open_archive(archive)
+    except (ArchiveError, OSError, RuntimeError, ValueError) as exc:
+        raise IndexInfraError(
+            f"cannot open the archive {os.fspath(archive)!r}: {exc}; check that the folder is writable "
+            "or the object-store URI and credentials are right"
+        ) from exc
+
+
+def run_index(
+    sources: Sequence,
+    archive,
+    options: IndexOptions | None = None,
+    *,
+    progress: ProgressFn | None = None,
+    reuse_workers: bool = False,
+) -> IndexReport:
+    """Index every video of `sources` into `archive`; returns the report. See the module docstring.
+
+    Args:
+        sources: folders, globs, manifests, files (strings), or `tasks.video.Source`s already discovered.
+        archive: an archive URI or an open `storage.Archive`.
+        options: `IndexOptions` (defaults: tiny model, 1 fps, at most 128 frames, dynamic chunking).
+        progress: called with a `Progress` after every event; default: the sink set by
+            `set_progress_sink` (the CLI's live display), else nothing.
+        reuse_workers: keep the encode actors (and a Ray started here) alive for the next run in this
+            process (tests); `shutdown_workers()` releases them.
+
+    Raises:
+        UsageError: bad options, or sources that do not exist.
+        IndexInfraError: archive not writable, no worker could load the model, every worker died.
+        RayUnavailable: Ray could not be reached or started.
+    """
+    from tasks.ray_runtime import ensure_ray, shutdown_if_started
+
+    options = options or make_options()
+    options.validate()
+    t_start = time.perf_counter()
+    srcs = _discover(sources)
+    arch = open_archive_checked(archive)
+    info = ensure_ray(options.ray_address)
+    report = IndexReport(total=len(srcs), model=options.model, dashboard_url=info.dashboard_url)
+    emit = progress or _PROGRESS_SINK or (lambda p: None)
+    pool = None
+    try:
+        pool = _get_pool(options, info.num_gpus, info.num_cpus, reuse_workers)
+        report.workers = len(pool.slots)
+        _Run(srcs, arch, options, pool, report, emit, t_start).run()
+    finally:
+        if pool is not None and not reuse_workers:
+            pool.shutdown()
+        if not reuse_workers:
+            shutdown_if_started(info)
+    report.seconds = time.perf_counter() - t_start
+    emit(_snapshot(report, 0, t_start, "done"))
+    return report
+
+
+def _snapshot(report: IndexReport, in_flight: int, t0: float, event: str, video: str | None = None,
+              pid: int | None = None) -> Progress:
+    return Progress(total=report.total, indexed=len(report.indexed), skipped=len(report.skipped),
+                    failed=len(report.failed), frames=report.frames, in_flight=in_flight,
+                    elapsed_s=time.perf_counter() - t0, event=event, video=video, worker_pid=pid,
+                    dashboard_url=report.dashboard_url)
+
+
+class _Run:
+    """The driver loop of one run (state machine over Ray object refs, `ray.wait`)."""
+
+    def __init__(self, srcs, arch, options: IndexOptions, pool: WorkerPool, report: IndexReport, emit, t0):
+        self.srcs, self.arch, self.opt, self.pool, self.report, self.emit, self.t0 = (
+            srcs, arch, options, pool, report, emit, t0)
+        self.model_tag = Path(options.model).name
+        self.version = _indexer_version()
+
+    # -- events ---------------------------------------------------------------------------------
+    def _progress(self, event: str, video: str | None = None, pid: int | None = None) -> None:
+        self.emit(_snapshot(self.report, self._in_flight(), self.t0, event, video, pid))
+
+    def _in_flight(self) -> int:
+        return len(getattr(self, "decoding", {})) + len(getattr(self, "decoded", ())) + len(getattr(self, "encoding", {}))
+
+    def _fail(self, source_uri: str, video_id: str | None, kind: str, error: str, meta: dict | None = None) -> None:
+        from tasks.metrics import record_failed
+
+        if video_id is not None:
+            rec = self._record(video_id, source_uri, meta or {})
+            rec.error_kind, rec.error = kind, error
+            self._archive_call(lambda: self.arch.put_failed(rec), video_id, source_uri)
+        self.report.failed.append({"source_uri": source_uri, "video_id": video_id, "error_kind": kind, "error": error})
+        record_failed(kind, self.model_tag)
+        self._progress("failed", source_uri)
+
+    def _archive_call(self, fn, video_id: str, source_uri: str):
+        from storage import ArchiveError
+
+        t = time.perf_counter()
+        try:
+            return fn()
+        except (ArchiveError, OSError, RuntimeError) as exc:
+            raise IndexInfraError(
+                f"writing video {video_id} ({source_uri}) to the archive {getattr(self.arch, 'uri', self.arch)} "
+                f"failed: {exc}; check that the archive is writable (disk space, permissions, credentials) "
+                "and rerun: videos already written are kept and skipped"
+            ) from exc
+        finally:
+            self.report.stage_seconds["write"] += time.perf_counter() - t
+
+    def _record(self, video_id: str, source_uri: str, meta: dict):
+        from storage import VideoRecord
+
+        return VideoRecord(
+            video_id=video_id, model_fingerprint=self.fp, model_name=self.model_name, source_uri=source_uri,
+            size_bytes=meta.get("size_bytes"), duration_s=meta.get("duration_s"), native_fps=meta.get("native_fps"),
+            frame_count=meta.get("frame_count"), width=meta.get("width"), height=meta.get("height"),
+            codec=meta.get("codec"), sampled_frames=meta.get("indices"), sampled_times=meta.get("timestamps"),
+            decode_s=meta.get("decode_s"), indexer_version=self.version,
+        )
+
+    # -- phases ---------------------------------------------------------------------------------
+    def _digest_all(self) -> list[_Job]:
+        from tasks.video import DecodeError, video_id
+
+        jobs = []
+        for s in self.srcs:
+            try:
+                vid = video_id(s.path)
+            except DecodeError as exc:  # missing (deleted since discovery)
+                self._fail(s.uri, None, exc.kind, str(exc))
+                continue
+            except OSError as exc:
+                self._fail(s.uri, None, "unreadable", f"{s.path}: cannot read the file ({exc}); check permissions")
+                continue
+            jobs.append(_Job(source_uri=s.uri, path=str(s.path), video_id=vid))
+        return jobs
+
+    def run(self) -> None:
+        import ray
+
+        self.decoding: dict = {}  # meta_ref -> (job, frames_ref)
+        self.decoded: deque = deque()  # (job, meta, frames_ref) waiting for an actor
+        self.encoding: dict = {}  # result_ref -> (job, meta, frames_ref, slot)
+        self._progress("started")
+        jobs = self._digest_all()  # reads every file once, while the actors load the model
+        ready = self.pool.wait_first_ready()
+        self.fp, self.model_name = ready["fingerprint"], ready["name"]
+        self.report.fingerprint = self.fp
+        done_ids = self.arch.indexed_ids(self.fp)
+        failed_ids = self.arch.failed_ids(self.fp)
+        queue: deque[_Job] = deque()
+        seen: set[str] = set()
+        for j in jobs:
+            reason = None
+            if j.video_id in seen:
+                reason = "duplicate"
+            elif j.video_id in done_ids and not self.opt.force:
+                reason = "indexed"
+            elif j.video_id in failed_ids and not (self.opt.retry_failed or self.opt.force):
+                reason = "failed_before"
+            seen.add(j.video_id)
+            if reason:
+                self.report.skipped.append({"video_id": j.video_id, "source_uri": j.source_uri, "reason": reason})
+                self._progress("skipped", j.source_uri)
+            else:
+                queue.append(j)
+
+        decode = decode_remote_fn()
+        n_alive = lambda: len(self.pool.alive())  # noqa: E731
+        while queue or self.decoding or self.decoded or self.encoding:
+            # 1. decode ahead: enough decoded videos to keep every actor's queue full
+            cap = max(2, n_alive() * self.opt.in_flight_per_worker + 1)
+            while queue and len(self.decoding) + len(self.decoded) < cap and len(self.decoding) < max(2, n_alive()):
+                j = queue.popleft()
+                meta_ref, frames_ref = decode.remote(
+                    j.path, fps=self.opt.fps, max_frames=self.opt.max_frames, frames=self.opt.frames,
+                    timeout_s=self.opt.decode_timeout_s, model_tag=self.model_tag)
+                self.decoding[meta_ref] = (j, frames_ref)
+            # 2. hand decoded videos to the least loaded ready actor
+            while self.decoded:
+                free = [s for s in self.pool.slots if s.state == "ready" and s.in_flight < self.opt.in_flight_per_worker]
+                if not free:
+                    break
+                slot = min(free, key=lambda s: s.in_flight)
+                j, meta, frames_ref = self.decoded.popleft()
+                ref = slot.handle.encode.remote(meta, frames_ref)
+                slot.in_flight += 1
+                self.encoding[ref] = (j, meta, frames_ref, slot)
+            if not self.pool.alive():
+                raise IndexInfraError(
+                    "every encode worker died; see `ray logs` (out of memory? a GPU fault?) and rerun: "
+                    "videos already written are kept and skipped")
+            # 3. wait for anything
+            loading = {s.ready_ref: s for s in self.pool.slots if s.state == "loading" and s.ready_ref is not None}
+            waitables = list(self.decoding) + list(self.encoding) + list(loading)
+            if not waitables:
+                continue
+            done, _ = ray.wait(waitables, num_returns=1, timeout=1.0)
+            if not done:
+                self._progress("tick")
+            for ref in done:
+                if ref in self.decoding:
+                    self._on_decoded(ref)
+                elif ref in self.encoding:
+                    self._on_encoded(ref)
+                elif ref in loading:
+                    self.pool._resolve_ready(loading[ref], ref)
+
+    def _on_decoded(self, ref) -> None:
+        import ray
+
+        j, frames_ref = self.decoding.pop(ref)
+        try:
+            meta = ray.get(ref)
+        except ray.exceptions.RayError as exc:  # the decode task's worker died repeatedly
+            self._fail(j.source_uri, j.video_id, "crashed",
+                       f"{j.path}: the decode task died ({type(exc).__name__}); re-encode the file or remove it")
+            return
+        self.report.stage_seconds["decode"] += float(meta.get("decode_s") or 0.0)
+        if not meta["ok"]:
+            self._fail(j.source_uri, j.video_id, meta["error_kind"], meta["error"])
+            return
+        self.decoded.append((j, meta, frames_ref))
+
+    def _on_encoded(self, ref) -> None:
+        import ray
+
+        j, meta, frames_ref, slot = self.encoding.pop(ref)
+        slot.in_flight -= 1
+        try:
+            out = ray.get(ref)
+        except ray.exceptions.RayActorError as exc:
+            self._worker_died(slot, exc)
+            j.attempts += 1
+            if j.attempts >= self.opt.max_attempts:
+                self._fail(j.source_uri, j.video_id, "worker_crashed",
+                           f"{j.path}: the encode worker died {j.attempts} times while encoding this video "
+                           f"(last: {type(exc).__name__}); it may exhaust memory: lower --max-frames or remove it",
+                           meta)
+            else:
+                self.decoded.appendleft((j, meta, frames_ref))  # resubmit; the frames are still in the store
+            return
+        except ray.exceptions.RayTaskError as exc:
+            self._fail(j.source_uri, j.video_id, "encode_failed", f"{j.path}: {exc}", meta)
+            return
+        if not out["ok"]:
+            self._fail(j.source_uri, j.video_id, out["error_kind"], out["error"], meta)
+            return
+        self._write(j, meta, out["result"])
+
+    def _worker_died(self, slot: _Slot, exc) -> None:
+        """An actor's process died: Ray restarts it (reloading the model); wait for it to be ready."""
+        if slot.state == "ready":
+            self.report.worker_restarts += 1
+            slot.state = "loading"
+            slot.ready_ref = slot.handle.ready.remote()
+            self._progress("worker_died", pid=slot.pid)
+
+    def _write(self, j: _Job, meta: dict, enc) -> None:
+        from tasks.metrics import record_indexed
+
+        rec = self._record(j.video_id, j.source_uri, meta)
+        rec.plan = json.dumps(enc.plan)
+        rec.plan_s, rec.encode_s = enc.plan_s, enc.encode_s
+        mem = enc.memory
+        self._archive_call(lambda: self.arch.put(rec, mem, window_embeddings=enc.window_embeddings),
+                           j.video_id, j.source_uri)
+        nframes = len(meta["indices"])
+        self.report.indexed.append({"video_id": j.video_id, "source_uri": j.source_uri, "frames": nframes,
+                                    "windows": len(mem.windows), "kv_bytes": int(mem.nbytes)})
+        self.report.frames += nframes
+        self.report.kv_bytes += int(mem.nbytes)
+        self.report.stage_seconds["plan"] += enc.plan_s
+        self.report.stage_seconds["encode"] += enc.encode_s
+        record_indexed(int(mem.nbytes), self.model_tag)
+        self._progress("indexed", j.source_uri, enc.worker_pid)
+
+
+def decode_remote_fn():
+    from tasks.workers import decode_remote
+
+    return decode_remote()
+
+
+# ----------------------------------------------------------------------------------------------
+# Prefect tasks (the flow in flows/index_corpus.py is made of these; one task per stage, never per
+# video or frame: about 0.19 s of engine overhead per task run)
+
+
+def _infra_retry(task, task_run, state) -> bool:
+    """Retry only infrastructure failures; usage errors and per-video failures never."""
+    try:
+        state.result()
+    except (IndexInfraError, OSError, ConnectionError):
+        return True
+    except Exception:  # noqa: BLE001 - anything else is not worth retrying
+        return False
+    return False
+
+
+def _make_prefect_tasks():
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
+
+    @task(name="discover-videos", cache_policy=NO_CACHE)
+    def discover_videos(sources: list[str]) -> list[dict]:
+        """Expand folders, globs and manifests into videos (uri, path)."""
+        return [{"uri": s.uri, "path": str(s.path)} for s in _discover(sources)]
+
+    @task(name="open-archive", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE,
+          retry_condition_fn=_infra_retry)
+    def check_archive(archive: str) -> str:
+        """Open (create) the archive once, so that an unwritable archive fails before any work."""
+        open_archive_checked(archive)
+        return archive
+
+    @task(name="index-videos", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE,
+          retry_condition_fn=_infra_retry)
+    def index_videos(videos: list[dict], archive: str, options: dict) -> dict:
+        """The Ray pipeline (`run_index`). A retry after an infrastructure failure resumes: videos
+        written by the failed attempt are skipped."""
+        from tasks.video import Source
+
+        srcs = [Source(uri=v["uri"], path=Path(v["path"])) for v in videos]
+        report = run_index(srcs, archive, options_from_dict(options))
+        return dataclasses.asdict(report)
+
+    @task(name="index-summary", cache_policy=NO_CACHE)
+    def publish_summary(report: dict) -> str:
+        """A markdown artifact (key `index-corpus-summary`) with the counts, failures by reason,
+        frames, KV bytes and time."""
+        from prefect.artifacts import create_markdown_artifact
+
+        rep = IndexReport(**report)
+        return str(create_markdown_artifact(key="index-corpus-summary", markdown=rep.markdown(),
+                                            description="vxl index_corpus run summary"))
+
+    return discover_videos, check_archive, index_videos, publish_summary
+
+
+def options_to_dict(o: IndexOptions) -> dict:
+    d = dataclasses.asdict(o)
+    d["plan"]["ratios"] = list(d["plan"]["ratios"])
+    return d
+
+
+def options_from_dict(d: dict) -> IndexOptions:
+    d = dict(d)
+    plan = dict(d.pop("plan", {}) or {})
+    if "ratios" in plan:
+        plan["ratios"] = tuple(plan["ratios"])
+    return IndexOptions(plan=PlanSpec(**plan), **d)
+
+
+_PREFECT_TASKS = None
+
+
+def prefect_tasks():
+    """(discover_videos, check_archive, index_videos, publish_summary) Prefect tasks, built once."""
+    global _PREFECT_TASKS
+    if _PREFECT_TASKS is None:
+        _PREFECT_TASKS = _make_prefect_tasks()
+    return _PREFECT_TASKS

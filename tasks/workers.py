@@ -1,0 +1,234 @@
+"""Ray workers of the index pipeline: decode tasks and encode actors (model loaded once per actor).
+
+Pure functions first (usable without Ray: tests, benchmarks), then their Ray wrappers:
+
+- `PlanSpec`: how windows and ratios are chosen (`fixed` at one ratio, or `dynamic` from CLIP).
+- `load_encoder(model, spec)` -> `Encoder`: the Video-XL model plus, for `dynamic`, the CLIP embedder,
+  both on the worker's device.
+- `Encoder.plan(frames)` / `Encoder.encode(frames, timestamps)`: plan, then compress into a
+  `VSTMemory`; returns an `EncodedVideo` (memory on the CPU, plan, per-window CLIP means, timings).
+- `decode_job(path, ...)`: `tasks.video.decode_with_timeout` turned into `(meta, frames)` where a
+  `DecodeError` becomes `meta["error_kind"]` instead of an exception (so one bad file is a value).
+- `decode_remote()`: `decode_job` as a Ray task with two returns; the driver reads only the small
+  `meta` and hands the `frames` reference straight to an encode actor (frames never travel through
+  the driver).
+- `encode_worker_class()`: the `EncodeWorker` Ray actor class (see docs/ARCHITECTURE.md).
+
+No Prefect here: Ray workers never run Prefect's engine (ECOSYSTEM.md).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+CHUNKING_MODES = ("dynamic", "fixed")
+DEFAULT_CLIP = "ViT-B-32"
+
+
+@dataclass(frozen=True)
+class PlanSpec:
+    """Chunk planning parameters (stored with every video's plan).
+
+    Attributes:
+        chunking: "dynamic" (CLIP-driven windows and ratios) or "fixed" (Video-XL's demo).
+        ratio: fixed: the compression ratio of every window (visual tokens per VST).
+        target_ratio: dynamic: average ratio; VST budget = visual tokens / target_ratio.
+        ratios: dynamic: allowed ratios.
+        alpha: dynamic: boundary threshold `mean + alpha * std` of the depth scores.
+        clip_model: dynamic: open_clip config name ("vxl-tiny-clip" for the tiny model).
+        clip_weights: dynamic: local state-dict file, None for deterministic random weights.
+        clip_batch: dynamic: frames per CLIP forward pass.
+    """
+
+    chunking: str = "dynamic"
+    ratio: int = 8
+    target_ratio: int = 8
+    ratios: tuple[int, ...] = (2, 4, 8, 16)
+    alpha: float = 0.5
+    clip_model: str = DEFAULT_CLIP
+    clip_weights: str | None = None
+    clip_batch: int = 32
+
+    def validate(self) -> None:
+        """Raises ValueError for an unknown mode or a ratio that cannot work."""
+        if self.chunking not in CHUNKING_MODES:
+            raise ValueError(f"--chunking must be one of {list(CHUNKING_MODES)}, got {self.chunking!r}")
+        if self.chunking == "fixed" and (not isinstance(self.ratio, int) or self.ratio < 1):
+            raise ValueError(f"--ratio must be a positive integer, got {self.ratio!r}")
+        if self.chunking == "dynamic":
+            if not min(self.ratios) <= self.target_ratio <= max(self.ratios):
+                raise ValueError(f"--target-ratio {self.target_ratio} is outside the allowed ratios {list(self.ratios)}")
+            if self.clip_weights is not None and not os.path.isfile(self.clip_weights):
+                raise ValueError(f"--clip-weights {self.clip_weights!r} is not a file")
+
+
+@dataclass
+class EncodedVideo:
+    """What an encode worker returns for one video.
+
+    Attributes:
+        memory: the `VSTMemory`, on the CPU.
+        plan: `ChunkPlan.to_dict()` (dynamic: with the similarity curve in `extras`).
+        window_embeddings: float32 (W, E) per-window mean CLIP embeddings (dynamic), else None.
+        plan_s: seconds for CLIP embedding + planning.
+        encode_s: seconds for `VideoXL.encode`.
+        worker_pid: process id of the worker that encoded (tests kill it).
+    """
+
+    memory: object
+    plan: dict
+    window_embeddings: np.ndarray | None
+    plan_s: float
+    encode_s: float
+    worker_pid: int = field(default_factory=os.getpid)
+
+
+class Encoder:
+    """A loaded model (+ CLIP for dynamic chunking) that plans and encodes videos. See `load_encoder`."""
+
+    def __init__(self, vx, clip, spec: PlanSpec):
+        self.vx = vx
+        self.clip = clip
+        self.spec = spec
+
+    def plan(self, frames: np.ndarray):
+        """-> (ChunkPlan, per-window embeddings or None) for uint8 (F, H, W, 3) frames."""
+        if self.spec.chunking == "fixed":
+            return self.vx.plan(int(frames.shape[0]), ratio=self.spec.ratio), None
+        from model.dynamic import plan_dynamic, window_mean_embeddings
+
+        emb = self.clip.embed_images(frames)  # (F, E) float32, unit rows
+        plan = plan_dynamic(
+            emb, tokens_per_frame=self.vx.config.tokens_per_frame, window_tokens=self.vx.config.beacon_window,
+            target_ratio=self.spec.target_ratio, ratios=self.spec.ratios, alpha=self.spec.alpha,
+        )
+        plan.extras["clip_model"] = self.spec.clip_model
+        plan.extras["clip_fingerprint"] = self.clip.fingerprint
+        return plan, window_mean_embeddings(plan, emb)
+
+    def encode(self, frames: np.ndarray, timestamps=None) -> EncodedVideo:
+        """Plan and encode one video's sampled frames. Raises ValueError for unusable frames."""
+        t0 = time.perf_counter()
+        plan, wemb = self.plan(frames)
+        t1 = time.perf_counter()
+        memory = self.vx.encode(frames, plan, timestamps=timestamps)
+        memory = memory.to("cpu")
+        t2 = time.perf_counter()
+        return EncodedVideo(memory=memory, plan=plan.to_dict(), window_embeddings=wemb,
+                            plan_s=t1 - t0, encode_s=t2 - t1)
+
+
+def load_encoder(model: str, spec: PlanSpec, device: str | None = None) -> Encoder:
+    """Load Video-XL (`"tiny"` or a checkpoint folder) and, for dynamic chunking, the CLIP embedder."""
+    from model import load_model
+
+    vx = load_model(model, device=device)
+    clip = None
+    if spec.chunking == "dynamic":
+        import model.dynamic  # noqa: F401  (registers the "dynamic" planner)
+        from model.clip_embed import ClipEmbedder
+
+        clip = ClipEmbedder(spec.clip_model, weights=spec.clip_weights, device=str(vx.device),
+                            batch_size=spec.clip_batch)
+    return Encoder(vx, clip, spec)
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding
+
+
+def decode_job(path: str, *, fps: float, max_frames: int, frames: int | None, timeout_s: float,
+               model_tag: str = "") -> tuple[dict, np.ndarray | None]:
+    """Decode one video in a killable child process; never raises for a bad file.
+
+    Returns:
+        (meta, frames): on success meta holds `ok=True`, the probe (`DecodedVideo.probe()`), `indices`
+        and `timestamps` as lists, and frames is uint8 (F, H, W, 3); on failure meta holds
+        `ok=False`, `error_kind` (a `DecodeError.kind`) and `error`, and frames is None.
+    """
+    from tasks.metrics import record_frames_decoded
+    from tasks.video import DecodeError, decode_with_timeout
+
+    try:
+        dv = decode_with_timeout(path, timeout_s=timeout_s, fps=fps, max_frames=max_frames, frames=frames)
+    except DecodeError as exc:
+        return {"ok": False, "error_kind": exc.kind, "error": str(exc)}, None
+    except ValueError as exc:  # sampling arguments impossible for this file (e.g. fps with no frame rate)
+        return {"ok": False, "error_kind": "decode_failed", "error": f"{path}: {exc}"}, None
+    record_frames_decoded(len(dv.indices), model_tag)
+    meta = dv.probe()
+    meta.update(ok=True, indices=[int(i) for i in dv.indices], timestamps=[float(t) for t in dv.timestamps])
+    return meta, dv.frames
+
+
+_DECODE_REMOTE = None
+
+
+def decode_remote():
+    """`decode_job` as a Ray remote function with `num_returns=2` (meta, frames).
+
+    `num_cpus=0`: the driver bounds the decodes in flight, so decoding never waits behind encode
+    actors that hold every logical CPU (each decode is one child process doing FFmpeg work).
+    """
+    global _DECODE_REMOTE
+    if _DECODE_REMOTE is None:
+        import ray
+
+        _DECODE_REMOTE = ray.remote(num_returns=2, num_cpus=0, max_retries=2)(decode_job)
+    return _DECODE_REMOTE
+
+
+# ----------------------------------------------------------------------------------------------
+# Encode actor
+
+
+class EncodeWorker:
+    """Ray actor body: loads the model once, then encodes video after video.
+
+    Created with `max_restarts` by the driver: when its process dies (OOM, SIGKILL, segfault), Ray
+    starts it again (reloading the model) and the driver resubmits the videos it had in flight.
+    """
+
+    def __init__(self, model: str, spec: PlanSpec, model_tag: str = ""):
+        import torch
+
+        try:  # one intra-op thread per logical CPU Ray gave this actor
+            import ray
+
+            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+            torch.set_num_threads(max(1, int(round(cpus))))
+        except Exception:  # noqa: BLE001 - outside Ray (tests call the class directly)
+            pass
+        self.encoder = load_encoder(model, spec)
+        self.model_tag = model_tag or self.encoder.vx.name
+
+    def ready(self) -> dict:
+        vx = self.encoder.vx
+        return {"fingerprint": vx.fingerprint, "name": vx.name, "pid": os.getpid(), "device": str(vx.device),
+                "dtype": str(vx.dtype)}
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def encode(self, meta: dict, frames: np.ndarray) -> dict:
+        """Plan and encode one decoded video. Returns {"ok": True, "result": EncodedVideo} or
+        {"ok": False, "error_kind": "encode_failed", "error": ...} for frames the model refuses."""
+        from tasks.metrics import record_encode_seconds
+
+        try:
+            res = self.encoder.encode(frames, timestamps=meta.get("timestamps"))
+        except (ValueError, RuntimeError) as exc:  # bad frames, out of memory, shape limits
+            return {"ok": False, "error_kind": "encode_failed", "error": f"{meta.get('path')}: {type(exc).__name__}: {exc}"}
+        record_encode_seconds(res.plan_s + res.encode_s, self.model_tag)
+        return {"ok": True, "result": res}
+
+
+def encode_worker_class():
+    """The `EncodeWorker` actor class (`ray.remote(EncodeWorker)`); options are set per pool."""
+    import ray
+
+    return ray.remote(EncodeWorker)

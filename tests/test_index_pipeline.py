@@ -1,0 +1,221 @@
+"""The index pipeline end to end: real H.264 files, real Ray (local, 2 CPUs, shared by this module),
+the tiny model, the archive. Bad input, worker and driver kills, the Prefect flow and its artifact,
+the CLI's exit status."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks.index import IndexInfraError, UsageError, make_options, run_index
+
+REPO = Path(__file__).resolve().parents[1]
+OPTS = dict(max_frames=6, workers=1, decode_timeout_s=60.0)
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning",
+                 runtime_env={"env_vars": {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}})
+    yield ray
+    from tasks.index import shutdown_workers
+
+    shutdown_workers()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """3 good 4 s samples + every kind of bad file (tasks.samples.make_bad_files)."""
+    from tasks.samples import make_bad_files, make_sample_videos
+
+    root = tmp_path_factory.mktemp("corpus")
+    make_sample_videos(root / "good", count=3, seconds=4.0, seed=3)
+    make_bad_files(root / "bad")
+    return root
+
+
+def _kinds(report) -> dict[str, str]:
+    return {Path(f["source_uri"]).name: f["error_kind"] for f in report.failed}
+
+
+def test_bad_corpus_then_rerun_is_a_noop(ray_session, corpus, tmp_path):
+    from storage import open_archive
+    from tasks.video import discover
+
+    # one more good file, deleted after discovery ("deleted during the run")
+    shutil.copy(corpus / "good" / "sample_00.mp4", tmp_path / "doomed.mp4")
+    with open(tmp_path / "doomed.mp4", "ab") as f:
+        f.write(b"\0")  # other content than sample_00, so another video id
+    srcs = discover([str(corpus), str(tmp_path / "doomed.mp4")])
+    (tmp_path / "doomed.mp4").unlink()
+    uri = str(tmp_path / "archive")
+    rep = run_index(srcs, uri, make_options("tiny", **OPTS), reuse_workers=True)
+
+    assert rep.exit_code == 3
+    good = {"sample_00.mp4", "sample_01.mp4", "sample_02.mp4", "one_frame.mp4", "clip ü ß.mp4"}
+    assert {Path(v["source_uri"]).name for v in rep.indexed} == good
+    assert _kinds(rep) == {
+        "empty.mp4": "empty_file", "not_a_video.mp4": "not_a_video", "truncated.mp4": "truncated",
+        "truncated_no_moov.mp4": "truncated", "audio_only.mp4": "no_video_stream", "doomed.mp4": "missing_file",
+    }
+    for f in rep.failed:
+        assert f["error"] and Path(f["source_uri"]).name in f["error"]
+    assert rep.frames == sum(v["frames"] for v in rep.indexed) and rep.kv_bytes > 0
+
+    arch = open_archive(uri)
+    fp = rep.fingerprint
+    assert arch.indexed_ids(fp) == {v["video_id"] for v in rep.indexed}
+    # the deleted file could not be digested: reported, not stored
+    assert arch.failed_ids(fp) == {f["video_id"] for f in rep.failed if f["video_id"]}
+    assert len(arch.failed_ids(fp)) == 5
+    rec = arch.get_video(rep.indexed[0]["video_id"], fp)
+    plan = json.loads(rec.plan)
+    assert plan["planner"] == "dynamic" and "similarity" in plan["extras"]
+    emb, spans = arch.window_embeddings(rec.video_id, fp)
+    assert emb is not None and emb.shape[0] == len(spans) == rec.num_windows
+    assert arch.verify().ok
+
+    again = run_index([str(corpus)], uri, make_options("tiny", **OPTS), reuse_workers=True)
+    assert again.indexed == [] and again.failed == [] and again.exit_code == 0
+    reasons = {Path(s["source_uri"]).name: s["reason"] for s in again.skipped}
+    assert {n for n, r in reasons.items() if r == "indexed"} == good
+    assert {n for n, r in reasons.items() if r == "failed_before"} == set(_kinds(rep)) - {"doomed.mp4"}
+    assert len(arch.list_videos()) == 10  # no duplicates
+
+
+def test_fixed_chunking_frames_and_retry_failed(ray_session, corpus, tmp_path):
+    from storage import open_archive
+
+    uri = str(tmp_path / "archive")
+    srcs = [str(corpus / "good" / "sample_01.mp4"), str(corpus / "bad" / "empty.mp4")]
+    opts = make_options("tiny", chunking="fixed", ratio=4, frames=5, workers=1)
+    rep = run_index(srcs, uri, opts, reuse_workers=True)
+    assert [v["frames"] for v in rep.indexed] == [5] and _kinds(rep) == {"empty.mp4": "empty_file"}
+    rec = open_archive(uri).get_video(rep.indexed[0]["video_id"], rep.fingerprint)
+    plan = json.loads(rec.plan)
+    assert plan["planner"] == "fixed" and {w[2] for w in plan["windows"]} == {4}
+    assert len(rec.sampled_frames) == 5
+    rep2 = run_index(srcs, uri, make_options("tiny", chunking="fixed", ratio=4, frames=5, workers=1,
+                                             retry_failed=True), reuse_workers=True)
+    assert rep2.indexed == [] and _kinds(rep2) == {"empty.mp4": "empty_file"}
+    assert [s["reason"] for s in rep2.skipped] == ["indexed"]
+
+
+def test_usage_and_infra_errors(tmp_path):
+    with pytest.raises(UsageError, match="--fps"):
+        run_index([str(tmp_path)], str(tmp_path / "a"), make_options("tiny", fps=0))
+    with pytest.raises(UsageError, match="not found"):
+        run_index([str(tmp_path / "nope")], str(tmp_path / "a"), make_options("tiny"))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(IndexInfraError, match="cannot open the archive"):
+        run_index([str(tmp_path)], str(tmp_path / "file" / "archive"), make_options("tiny"))
+
+
+def test_cli_exit_status_usage_and_infra(tmp_path, corpus):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["index", str(tmp_path / "missing"), "--archive", str(tmp_path / "a")])
+    assert r.exit_code == 2 and "not found" in r.output
+    r = runner.invoke(app, ["index", str(corpus), "--archive", str(tmp_path / "a"), "--chunking", "weird"])
+    assert r.exit_code == 2 and "--chunking" in r.output
+    (tmp_path / "file").write_text("x")
+    r = runner.invoke(app, ["index", str(corpus), "--archive", str(tmp_path / "file" / "x"), "--no-flow"])
+    assert r.exit_code == 1 and "cannot open the archive" in r.output
+
+
+@pytest.mark.slow
+def test_worker_sigkill_mid_run_still_indexes_everything(ray_session, corpus, tmp_path):
+    from tasks.samples import make_sample_videos
+
+    vids = tmp_path / "vids"
+    make_sample_videos(vids, count=4, seconds=4.0, seed=11)
+    killed: list[int] = []
+
+    def kill_after_first(p):
+        if p.event == "indexed" and not killed and p.worker_pid:
+            killed.append(p.worker_pid)
+            os.kill(p.worker_pid, signal.SIGKILL)  # the actor has the next video queued
+
+    rep = run_index([str(vids)], str(tmp_path / "archive"), make_options("tiny", **OPTS), progress=kill_after_first,
+                    reuse_workers=True)
+    assert killed and rep.worker_restarts >= 1
+    assert len(rep.indexed) == 4 and rep.failed == [] and rep.exit_code == 0
+
+
+@pytest.mark.slow
+def test_driver_sigkill_then_rerun_indexes_only_the_rest(ray_session, tmp_path):
+    from storage import open_archive
+    from tasks.index import shutdown_workers
+    from tasks.samples import make_sample_videos
+
+    shutdown_workers()  # the subprocess's actor needs a CPU of the shared Ray
+    vids = tmp_path / "vids"
+    make_sample_videos(vids, count=5, seconds=4.0, seed=21)
+    uri = str(tmp_path / "archive")
+    address = ray_session.get_runtime_context().gcs_address
+    cmd = [sys.executable, "-m", "flows.cli", "index", str(vids), "--archive", uri, "--max-frames", "6",
+           "--workers", "1", "--ray-address", address, "--json", "--no-flow"]
+    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    arch = open_archive(uri)
+    deadline = time.monotonic() + 180
+    n_before = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        rows = [r for r in arch.list_videos() if r.status == "indexed"]
+        if rows:
+            n_before = len(rows)
+            proc.kill()  # SIGKILL the driver mid-run
+            break
+        time.sleep(0.2)
+    proc.wait(30)
+    assert 1 <= n_before < 5, "the driver finished before it could be killed"
+    before = {r.video_id for r in arch.list_videos() if r.status == "indexed"}
+
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rep = json.loads(out.stdout)
+    indexed_now = {v["video_id"] for v in rep["indexed"]}
+    assert indexed_now.isdisjoint(before) and len(indexed_now | before) == 5
+    assert {s["video_id"] for s in rep["skipped"]} == before
+    rows = arch.list_videos()
+    assert len(rows) == 5 and len({r.video_id for r in rows}) == 5  # no duplicates
+    assert arch.verify().ok
+
+
+@pytest.mark.slow
+def test_prefect_flow_runs_and_publishes_artifact(ray_session, corpus, tmp_path, monkeypatch):
+    """The real flow in Prefect's ephemeral mode (fresh PREFECT_HOME), then the summary artifact."""
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        from flows.index_corpus import index_corpus
+
+        srcs = [str(corpus / "good" / "sample_02.mp4"), str(corpus / "bad" / "not_a_video.mp4")]
+        out = index_corpus(sources=srcs, archive=str(tmp_path / "archive"), max_frames=6, workers=1)
+        assert len(out["indexed"]) == 1 and [f["error_kind"] for f in out["failed"]] == ["not_a_video"]
+
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+        with get_client(sync_client=True) as client:
+            arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["index-corpus-summary"])))
+        assert arts, "no index-corpus-summary artifact"
+        md = arts[-1].data
+        assert "| indexed | skipped | failed |" in md and "not_a_video" in md
