@@ -49,7 +49,7 @@ class IndexOptions:
         ray_address: Ray cluster address; None: `RAY_ADDRESS`, else a local Ray.
         force: re-index videos already indexed (or failed) for this model fingerprint.
         retry_failed: retry videos whose earlier indexing failed.
-        decode_timeout_s: seconds before a decode child process is killed.
+        decode_timeout_s: seconds before a decode (its Ray worker process) is killed.
         max_attempts: encode attempts per video when workers die (then `worker_crashed`).
         in_flight_per_worker: encode calls queued per actor (2: the next video's frames arrive
             while the current one encodes).
@@ -67,6 +67,22 @@ class IndexOptions:
     decode_timeout_s: float = 120.0
     max_attempts: int = 3
     in_flight_per_worker: int = 2
+
+    def settings(self) -> dict:
+        """The options that change a video's memory besides the model: sampling and chunk planning.
+
+        Stored in the plan's `params["index_settings"]`; a video indexed with other settings is
+        re-indexed (DESIGN.md: a memory belongs to a model fingerprint *and* its plan parameters).
+        """
+        spec = self.plan
+        out = {"fps": None if self.frames else self.fps, "max_frames": None if self.frames else self.max_frames,
+               "frames": self.frames, "chunking": spec.chunking}
+        if spec.chunking == "fixed":
+            out["ratio"] = spec.ratio
+        else:
+            out.update(target_ratio=spec.target_ratio, ratios=list(spec.ratios), alpha=spec.alpha,
+                       clip_model=spec.clip_model, clip_weights=spec.clip_weights)
+        return out
 
     def validate(self) -> None:
         """Raises UsageError naming the bad option and the fix."""
@@ -500,6 +516,19 @@ class _Run:
         )
 
     # -- phases ---------------------------------------------------------------------------------
+    def _indexed_with_same_settings(self) -> set[str]:
+        """Ids indexed for this fingerprint whose stored settings equal this run's (others re-index)."""
+        want = self.opt.settings()
+        same = set()
+        for rec in self.arch.list_videos(f"model_fingerprint = '{self.fp}' AND status = 'indexed'"):
+            try:
+                got = json.loads(rec.plan or "{}").get("params", {}).get("index_settings")
+            except ValueError:
+                got = None
+            if got == want:
+                same.add(rec.video_id)
+        return same
+
     def _digest_all(self) -> list[_Job]:
         from tasks.video import DecodeError, video_id
 
@@ -527,7 +556,7 @@ class _Run:
         ready = self.pool.wait_first_ready()
         self.fp, self.model_name = ready["fingerprint"], ready["name"]
         self.report.fingerprint = self.fp
-        done_ids = self.arch.indexed_ids(self.fp)
+        done_ids = self._indexed_with_same_settings()
         failed_ids = self.arch.failed_ids(self.fp)
         queue: deque[_Job] = deque()
         seen: set[str] = set()
@@ -555,8 +584,8 @@ class _Run:
                 j = queue.popleft()
                 meta_ref, frames_ref = decode.remote(
                     j.path, fps=self.opt.fps, max_frames=self.opt.max_frames, frames=self.opt.frames,
-                    timeout_s=self.opt.decode_timeout_s, model_tag=self.model_tag)
-                self.decoding[meta_ref] = (j, frames_ref)
+                    model_tag=self.model_tag)
+                self.decoding[meta_ref] = (j, frames_ref, time.monotonic())
             # 2. hand decoded videos to the least loaded ready actor
             while self.decoded:
                 free = [s for s in self.pool.slots if s.state == "ready" and s.in_flight < self.opt.in_flight_per_worker]
@@ -579,6 +608,7 @@ class _Run:
             done, _ = ray.wait(waitables, num_returns=1, timeout=1.0)
             if not done:
                 self._progress("tick")
+            self._cancel_overdue_decodes(done)
             for ref in done:
                 if ref in self.decoding:
                     self._on_decoded(ref)
@@ -587,10 +617,24 @@ class _Run:
                 elif ref in loading:
                     self.pool._resolve_ready(loading[ref], ref)
 
+    def _cancel_overdue_decodes(self, done) -> None:
+        """Kill decodes running past `--decode-timeout` (SIGKILL of their Ray worker process)."""
+        import ray
+
+        now = time.monotonic()
+        for ref, (j, _frames_ref, t0) in list(self.decoding.items()):
+            if ref in done or now - t0 <= self.opt.decode_timeout_s:
+                continue
+            ray.cancel(ref, force=True)
+            del self.decoding[ref]
+            self._fail(j.source_uri, j.video_id, "timeout",
+                       f"{j.path}: decoding took longer than {self.opt.decode_timeout_s:.0f} s and was killed; "
+                       "check the file (`ffprobe`), re-encode it, or raise --decode-timeout")
+
     def _on_decoded(self, ref) -> None:
         import ray
 
-        j, frames_ref = self.decoding.pop(ref)
+        j, frames_ref, _t0 = self.decoding.pop(ref)
         try:
             meta = ray.get(ref)
         except ray.exceptions.RayError as exc:  # the decode task's worker died repeatedly
@@ -641,7 +685,8 @@ class _Run:
         from tasks.metrics import record_indexed
 
         rec = self._record(j.video_id, j.source_uri, meta)
-        rec.plan = json.dumps(enc.plan)
+        plan = dict(enc.plan, params={**enc.plan.get("params", {}), "index_settings": self.opt.settings()})
+        rec.plan = json.dumps(plan)
         rec.plan_s, rec.encode_s = enc.plan_s, enc.encode_s
         mem = enc.memory
         self._archive_call(lambda: self.arch.put(rec, mem, window_embeddings=enc.window_embeddings),

@@ -42,7 +42,8 @@ VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".mkv", ".mov", ".avi", ".webm")
 MANIFEST_EXTENSIONS: tuple[str, ...] = (".csv", ".jsonl", ".parquet")
 DIGEST_CHUNK_BYTES = 8 * 1024 * 1024
 # Test hook, read by `decode`: "hang" spins forever holding the GIL (as decord's get_batch does in
-# dmlc/decord#373), "crash" kills the process with SIGKILL; used to test `decode_with_timeout`.
+# dmlc/decord#373), "crash" kills the process with SIGKILL; used to test `decode_with_timeout` and
+# the index pipeline's decode timeout. "hang:NAME" / "crash:NAME" apply only to files named NAME.
 FAULT_ENV = "VXL_TEST_DECODE_FAULT"
 
 
@@ -487,7 +488,9 @@ def decode(
     t0 = time.perf_counter()
     p = Path(path)
     size = _check_file(p)
-    fault = os.environ.get(FAULT_ENV)
+    fault, _, only = os.environ.get(FAULT_ENV, "").partition(":")
+    if only and p.name != only:
+        fault = ""
     if fault == "hang":  # test hooks, see FAULT_ENV
         while True:
             pass

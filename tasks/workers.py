@@ -107,6 +107,7 @@ class Encoder:
             target_ratio=self.spec.target_ratio, ratios=self.spec.ratios, alpha=self.spec.alpha,
         )
         plan.extras["clip_model"] = self.spec.clip_model
+        plan.extras["clip_weights"] = self.spec.clip_weights
         plan.extras["clip_fingerprint"] = self.clip.fingerprint
         return plan, window_mean_embeddings(plan, emb)
 
@@ -141,9 +142,14 @@ def load_encoder(model: str, spec: PlanSpec, device: str | None = None) -> Encod
 # Decoding
 
 
-def decode_job(path: str, *, fps: float, max_frames: int, frames: int | None, timeout_s: float,
-               model_tag: str = "") -> tuple[dict, np.ndarray | None]:
-    """Decode one video in a killable child process; never raises for a bad file.
+def decode_job(path: str, *, fps: float, max_frames: int, frames: int | None, model_tag: str = "",
+               timeout_s: float | None = None) -> tuple[dict, np.ndarray | None]:
+    """Decode one video in this (Ray worker) process; never raises for a bad file.
+
+    The Ray task is the unit that can be killed: the driver cancels it with `ray.cancel(force=True)`
+    (SIGKILL of the worker process) when it runs past `--decode-timeout`, which also ends a decord
+    `get_batch` hang that holds the GIL (dmlc/decord#373). Run outside Ray (`timeout_s` given), the
+    decode goes to a killable child process instead (`tasks.video.decode_with_timeout`).
 
     Returns:
         (meta, frames): on success meta holds `ok=True`, the probe (`DecodedVideo.probe()`), `indices`
@@ -151,10 +157,13 @@ def decode_job(path: str, *, fps: float, max_frames: int, frames: int | None, ti
         `ok=False`, `error_kind` (a `DecodeError.kind`) and `error`, and frames is None.
     """
     from tasks.metrics import record_frames_decoded
-    from tasks.video import DecodeError, decode_with_timeout
+    from tasks.video import DecodeError, decode, decode_with_timeout
 
     try:
-        dv = decode_with_timeout(path, timeout_s=timeout_s, fps=fps, max_frames=max_frames, frames=frames)
+        if timeout_s is None:
+            dv = decode(path, fps=fps, max_frames=max_frames, frames=frames)
+        else:
+            dv = decode_with_timeout(path, timeout_s=timeout_s, fps=fps, max_frames=max_frames, frames=frames)
     except DecodeError as exc:
         return {"ok": False, "error_kind": exc.kind, "error": str(exc)}, None
     except ValueError as exc:  # sampling arguments impossible for this file (e.g. fps with no frame rate)
@@ -166,19 +175,23 @@ def decode_job(path: str, *, fps: float, max_frames: int, frames: int | None, ti
 
 
 _DECODE_REMOTE = None
+DECODE_MAX_CALLS = 16
+"""Decode worker processes are replaced after this many videos (bounds decord's memory growth on
+4K input, dmlc/decord#197 and #208)."""
 
 
 def decode_remote():
     """`decode_job` as a Ray remote function with `num_returns=2` (meta, frames).
 
     `num_cpus=0`: the driver bounds the decodes in flight, so decoding never waits behind encode
-    actors that hold every logical CPU (each decode is one child process doing FFmpeg work).
+    actors that hold every logical CPU. `max_retries=0`: a file that kills its decoder is reported
+    (kind `crashed`), not retried.
     """
     global _DECODE_REMOTE
     if _DECODE_REMOTE is None:
         import ray
 
-        _DECODE_REMOTE = ray.remote(num_returns=2, num_cpus=0, max_retries=2)(decode_job)
+        _DECODE_REMOTE = ray.remote(num_returns=2, num_cpus=0, max_retries=0, max_calls=DECODE_MAX_CALLS)(decode_job)
     return _DECODE_REMOTE
 
 

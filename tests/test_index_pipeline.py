@@ -219,3 +219,24 @@ def test_prefect_flow_runs_and_publishes_artifact(ray_session, corpus, tmp_path,
         assert arts, "no index-corpus-summary artifact"
         md = arts[-1].data
         assert "| indexed | skipped | failed |" in md and "not_a_video" in md
+
+
+def test_changed_settings_reindex_same_settings_skip(ray_session, corpus, tmp_path):
+    """A memory belongs to the model *and* its sampling/plan settings: a rerun with the same settings
+    skips, one with another ratio or frame count re-indexes (replacing, not duplicating)."""
+    from storage import open_archive
+
+    video = str(corpus / "good" / "sample_01.mp4")
+    uri = str(tmp_path / "archive")
+    base = dict(max_frames=6, workers=1, chunking="fixed")
+    r8 = run_index([video], uri, make_options("tiny", ratio=8, **base), reuse_workers=True)
+    again = run_index([video], uri, make_options("tiny", ratio=8, **base), reuse_workers=True)
+    r16 = run_index([video], uri, make_options("tiny", ratio=16, **base), reuse_workers=True)
+    assert len(r8.indexed) == 1 and [s["reason"] for s in again.skipped] == ["indexed"] and not again.indexed
+    assert len(r16.indexed) == 1 and not r16.skipped
+    arch = open_archive(uri)
+    (rec,) = arch.list_videos()
+    assert json.loads(rec.plan)["params"]["index_settings"] == make_options("tiny", ratio=16, **base).settings()
+    mem = arch.load_memory(rec.video_id, r16.fingerprint)
+    assert {w.ratio for w in mem.windows} == {16}
+    assert mem.num_vst == len(rec.sampled_frames) * 144 // 16
