@@ -64,18 +64,13 @@ def demo(
         raise typer.Exit(3)
     first = sorted(rows, key=lambda r: r.source_uri or "")[0]
     typer.echo(f"3/3 asking about {Path(first.source_uri or first.video_id).name}: {QUESTION!r}")
-    try:
-        from tasks.ask import ask_video
-    except ImportError:
-        ask_video = None
-    if ask_video is not None:
-        ans = ask_video(str(archive), first.video_id, QUESTION, model="tiny", max_new_tokens=16)
-        typer.echo(f"    answer: {ans['answer']!r} (first token {ans['ttft_s']:.2f} s, {ans['num_tokens']} tokens "
-                   f"in {ans['total_s']:.2f} s; the tiny model is random, so the words are too)")
-    else:
-        mem = arch.load_memory(first.video_id, fingerprint=report.fingerprint)
-        typer.echo(f"    (`vxl ask` is not installed yet) memory of {first.video_id}: {len(mem.windows)} windows, "
-                   f"{mem.num_tokens} tokens, {_human_bytes(mem.nbytes)}")
+    from tasks.ask import ask_video
+
+    ans = ask_video(str(archive), first.video_id, QUESTION, model="tiny", max_new_tokens=16)
+    typer.echo(f"    answer: {ans['answer']!r} (first token {ans['ttft_s']:.2f} s, {ans['num_tokens']} tokens "
+               f"in {ans['total_s']:.2f} s; the tiny model is random, so the words are too)")
+    typer.echo(f"    from {ans['memory_tokens']} memory tokens ({_human_bytes(ans['kv_bytes'])}), "
+               "no video decoded, no vision tower run")
     typer.echo(
         f"done in {time.perf_counter() - t0:.0f} s: {len(rows)} videos in {archive} "
         f"({_human_bytes(sum(r.kv_bytes or 0 for r in rows))} of K/V). Try: vxl archive ls --archive {archive}"

@@ -7,7 +7,7 @@ Pure functions first (usable without Ray: tests, benchmarks), then their Ray wra
   both on the worker's device.
 - `Encoder.plan(frames)` / `Encoder.encode(frames, timestamps)`: plan, then compress into a
   `VSTMemory`; returns an `EncodedVideo` (memory on the CPU, plan, per-window CLIP means, timings).
-- `decode_job(path, ...)`: `tasks.video.decode_with_timeout` turned into `(meta, frames)` where a
+- `decode_job(path, ...)`: `tasks.video.decode` turned into `(meta, frames)` where a
   `DecodeError` becomes `meta["error_kind"]` instead of an exception (so one bad file is a value).
 - `decode_remote()`: `decode_job` as a Ray task with two returns; the driver reads only the small
   `meta` and hands the `frames` reference straight to an encode actor (frames never travel through
