@@ -194,22 +194,38 @@ def _table_from_rows(rows: list[dict], schema: pa.Schema) -> pa.Table:
 
 
 def _pread_blobs(locations: list[tuple[str, int, int]]) -> list[np.ndarray]:
-    """Read each (file, offset, size) into its own uint8 array (one open per file)."""
-    out: list[np.ndarray] = []
+    """Read each (file, offset, size) as a uint8 array, in the order given.
+
+    Ranges of one file that touch or overlap are read with one `preadv` into one buffer and returned
+    as views of it (a memory's windows are written one after another, so a whole memory is usually
+    one read per file instead of one per window: 360 windows of a 60-minute video -> 1 read).
+    """
+    out: list[np.ndarray | None] = [None] * len(locations)
+    order = sorted(range(len(locations)), key=lambda i: (locations[i][0], locations[i][1]))
+    groups: list[tuple[str, int, int, list[int]]] = []  # (path, start, end, members)
+    for i in order:
+        path, offset, size = locations[i]
+        if groups and groups[-1][0] == path and offset <= groups[-1][2]:
+            g = groups[-1]
+            groups[-1] = (path, g[1], max(g[2], offset + size), g[3] + [i])
+        else:
+            groups.append((path, offset, offset + size, [i]))
     fds: dict[str, int] = {}
     try:
-        for path, offset, size in locations:
+        for path, start, end, members in groups:
             fd = fds.get(path)
             if fd is None:
                 fd = fds[path] = os.open(path, os.O_RDONLY)
-            buf = np.empty(size, dtype=np.uint8)  # (size,)
+            buf = np.empty(end - start, dtype=np.uint8)  # (bytes,)
             view, done = memoryview(buf), 0
-            while done < size:
-                n = os.preadv(fd, [view[done:]], offset + done)
+            while done < end - start:
+                n = os.preadv(fd, [view[done:]], start + done)
                 if n <= 0:
-                    raise OSError(f"{path}: blob ends after {done} of {size} bytes")
+                    raise OSError(f"{path}: blob range ends after {done} of {end - start} bytes")
                 done += n
-            out.append(buf)
+            for i in members:
+                _, offset, size = locations[i]
+                out[i] = buf[offset - start : offset - start + size]  # a view: no copy
     finally:
         for fd in fds.values():
             os.close(fd)
@@ -494,15 +510,16 @@ class Archive:
     def _blob_location(self, ds, row: dict) -> tuple[str, int, int] | None:
         """(file, offset, size) of a row's `kv` blob in a local Lance blob v2 sidecar file, or None.
 
-        Lance blob v2 keeps each blob's descriptor in the data file (kind 1 = packed in a shared
-        sidecar, kind 2 = a dedicated sidecar; `position`, `size`, `blob_id`) and the bytes in
+        Lance blob v2 keeps each blob's descriptor in the data file (`kind`, `position`, `size`,
+        `blob_id`): kind 0 = inline, the bytes at `position` in the data file itself (small blobs);
+        kind 1 = packed in a shared sidecar, kind 2 = a dedicated sidecar, the bytes in
         `data/<data file stem>/<blob_id bit-reversed, as 32 binary digits>.blob`. Anything else
-        (inline or external blobs, object stores, several data files) gives None: Lance reads it.
+        (external blobs, object stores, several data files) gives None: Lance reads it.
         The location is only a hint: every blob read through it is checked against its size and
         xxh3 checksum, and `load_memory` re-reads through Lance when a check fails.
         """
         desc = row.get("kv")
-        if not isinstance(desc, dict) or desc.get("kind") not in (1, 2) or desc.get("blob_uri"):
+        if not isinstance(desc, dict) or desc.get("kind") not in (0, 1, 2) or desc.get("blob_uri"):
             return None
         if int(desc["size"]) != int(row["nbytes"]):
             return None
@@ -519,6 +536,9 @@ class Archive:
         path = self._frag_files[frag]
         if not path or not path.endswith(".lance") or "/" in path:
             return None
+        if int(desc["kind"]) == 0:  # inline: in the data file itself
+            return (os.path.join(self._local_root, "vst_kv.lance", "data", path), int(desc["position"]),
+                    int(desc["size"]))
         name = f"{int(desc['blob_id']) & 0xFFFFFFFF:032b}"[::-1] + ".blob"  # blob_id.reverse_bits()
         return (os.path.join(self._local_root, "vst_kv.lance", "data", path[: -len(".lance")], name),
                 int(desc["position"]), int(desc["size"]))

@@ -14,6 +14,7 @@ status 1). A bad video is never an exception: it is a `failed` row of the report
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -778,12 +779,7 @@ def options_from_dict(d: dict) -> IndexOptions:
     return IndexOptions(plan=PlanSpec(**plan), **d)
 
 
-_PREFECT_TASKS = None
-
-
+@functools.cache
 def prefect_tasks():
     """(discover_videos, check_archive, index_videos, publish_summary) Prefect tasks, built once."""
-    global _PREFECT_TASKS
-    if _PREFECT_TASKS is None:
-        _PREFECT_TASKS = _make_prefect_tasks()
-    return _PREFECT_TASKS
+    return _make_prefect_tasks()

@@ -22,6 +22,7 @@ Ray workers never run Prefect's engine (ECOSYSTEM.md), only the functions above.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -435,12 +436,7 @@ def _make_prefect_tasks():
     return plan_vico_jobs, synth_vico_videos, write_vico_samples, publish_summary
 
 
-_PREFECT_TASKS = None
-
-
+@functools.cache
 def prefect_tasks():
     """(plan_vico_jobs, synth_vico_videos, write_vico_samples, publish_summary), built once."""
-    global _PREFECT_TASKS
-    if _PREFECT_TASKS is None:
-        _PREFECT_TASKS = _make_prefect_tasks()
-    return _PREFECT_TASKS
+    return _make_prefect_tasks()
