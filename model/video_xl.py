@@ -81,6 +81,14 @@ class VideoXL:
         self._weights_digest = weights_digest
         prefix, _ = split_prompt("")
         self._sink_ids = self._encode_text(prefix)
+        from transformers import CLIPImageProcessor
+
+        pre = self.config.image_processor
+        self._resize_crop = CLIPImageProcessor(  # resize + crop only; normalisation in `preprocess`
+            size={"shortest_edge": pre["size"]}, crop_size={"height": pre["crop_size"], "width": pre["crop_size"]},
+            do_resize=True, do_center_crop=True, do_rescale=False, do_normalize=False, resample=3,
+            do_convert_rgb=False,
+        )
         self.fingerprint = self._fingerprint()
 
     # -- identity -------------------------------------------------------------------------------
@@ -154,18 +162,11 @@ class VideoXL:
         uint8, then `(x / 255 - mean) / std` in float32, as the original CLIP processor computes it
         (bit-identical to the oracle's pixel values).
         """
-        from transformers import CLIPImageProcessor
-
         pre = self.config.image_processor
-        proc = CLIPImageProcessor(
-            size={"shortest_edge": pre["size"]}, crop_size={"height": pre["crop_size"], "width": pre["crop_size"]},
-            do_resize=True, do_center_crop=True, do_rescale=False, do_normalize=False, resample=3,
-            do_convert_rgb=False,
-        )
         chw = frames.permute(0, 3, 1, 2).to(self.device)  # (F, 3, H, W) uint8
         s = pre["crop_size"]
         if chw.shape[-2:] != (s, s):
-            chw = proc(images=list(chw), return_tensors="pt", device=self.device)["pixel_values"]
+            chw = self._resize_crop(images=list(chw), return_tensors="pt", device=self.device)["pixel_values"]
         mean = torch.tensor(pre["image_mean"], device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(pre["image_std"], device=self.device).view(1, 3, 1, 1)
         x = (chw.float() / 255.0 - mean) / std  # (F, 3, S, S) float32
