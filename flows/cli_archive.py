@@ -102,13 +102,13 @@ def register(app: typer.Typer) -> None:
         if as_json:
             _print_json(rows)
             return
-        typer.echo(f"{'video_id':<16} {'status':<8} {'fp':<8} {'win':>4} {'vst':>7} {'kv':>10}  source / error")
+        typer.echo(f"{'video_id':<25} {'status':<8} {'fp':<8} {'win':>4} {'vst':>7} {'kv':>10}  source / error")
         for r in rows:
             tail = r["source_uri"] or ""
             if r["status"] != "indexed":
                 tail += f"  [{r['error_kind']}: {r['error']}]"
             typer.echo(
-                f"{r['video_id'][:16]:<16} {r['status']:<8} {r['model_fingerprint'][:8]:<8} "
+                f"{r['video_id'][:25]:<25} {r['status']:<8} {r['model_fingerprint'][:8]:<8} "
                 f"{r['num_windows'] if r['num_windows'] is not None else '-':>4} "
                 f"{r['num_vst_tokens'] if r['num_vst_tokens'] is not None else '-':>7} "
                 f"{_size(r['kv_bytes']):>10}  {tail}"
