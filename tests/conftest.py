@@ -18,6 +18,9 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Prefect's ephemeral server logs "Stopping temporary server" at interpreter exit, after pytest has
+# closed the captured streams ("I/O operation on closed file"); INFO is not needed in tests.
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 ORACLE = Path(__file__).parent / "data" / "oracle"
 
