@@ -47,8 +47,10 @@ class AskWorker:
         self._archives: dict[str, Any] = {}
 
     def ready(self) -> dict:
+        from tasks.ask import model_probe
+
         return {"fingerprint": self.vx.fingerprint, "name": self.vx.name, "pid": os.getpid(),
-                "device": str(self.vx.device)}
+                "device": str(self.vx.device), "probe": model_probe(self.vx)}
 
     def answer_video(self, archive_uri: str, video_id: str, questions: list[dict], max_new_tokens: int,
                      top_windows: int | None) -> dict:
@@ -109,6 +111,7 @@ def run_ask_library(
     ray_address: str | None = None,
     force: bool = False,
     on_video=None,
+    accept_numerics_change: bool = False,
 ) -> dict:
     """Ask `questions` (strings or {"question", "choices"?, "id"?}) of every matching indexed video.
 
@@ -117,14 +120,17 @@ def run_ask_library(
         workers: Ray actors (default: one per GPU, else one per CPU, at most one per video).
         force: answer again even when the same key is already stored with status ok.
         on_video: optional callback(video_id, rows) after each video's rows are written.
+        accept_numerics_change: answer even when a worker's numerics probe differs from the
+            archive's (the change is recorded in the archive's `probes` table).
 
     Returns:
         Summary dict: videos, answered, skipped (already answered), failed, failed_videos
         ({video_id: error_kind}), not_indexed, workers, fingerprint, seconds, rows_written.
 
     Raises:
-        AskError: 'usage' (no/empty questions, bad `where`, bad settings) or 'infrastructure'
-            (archive unreadable, Ray unreachable).
+        AskError: 'usage' (no/empty questions, bad `where`, bad settings), 'infrastructure'
+            (archive unreadable, Ray unreachable) or 'numerics_changed' (a worker's numerics differ
+            from the archive's; nothing answered).
     """
     from tasks.ask import answer_settings, open_archive_or_fail
 
@@ -159,12 +165,29 @@ def run_ask_library(
     opts = {"num_gpus": 1} if info.num_gpus > 0 else {"num_cpus": 1}
     actor_cls = ray.remote(AskWorker).options(**opts)
     actors = [actor_cls.remote(model) for _ in range(n)]
+    from tasks.numerics import NumericsChanged, check_probe
+
+    def check_numerics(actor) -> dict:
+        """Wait for `actor` to load the model; compare its probe with the archive's."""
+        info = ray.get(actor.ready.remote())
+        try:
+            summary.setdefault("numerics", []).append(
+                {"pid": info["pid"], **check_probe(archive, info["probe"], accept=accept_numerics_change,
+                                                   record=False)})
+        except NumericsChanged as exc:
+            raise AskError("numerics_changed", str(exc)) from exc
+        return info
+
     try:
-        first = ray.get(actors[0].ready.remote())
+        first = [check_numerics(a) for a in actors][0]
     except ray.exceptions.RayError as exc:
         for a in actors:
             ray.kill(a)
         raise AskError("infrastructure", f"answer worker could not load model {model!r}: {exc}") from exc
+    except AskError:
+        for a in actors:
+            ray.kill(a)
+        raise
     fp = first["fingerprint"]
     summary.update(workers=n, fingerprint=fp, model=first["name"])
 
@@ -206,6 +229,8 @@ def run_ask_library(
                 ray.kill(actor)
                 actor = actor_cls.remote(model)
                 actors.append(actor)
+                if queue:
+                    check_numerics(actor)
             summary["rows_written"] += archive.put_answers(rows)
             bad = [r for r in rows if r["status"] != "ok"]
             summary["answered"] += len(rows) - len(bad)
@@ -226,9 +251,9 @@ def run_ask_library(
 @task(name="ask-library-videos")
 def _run(archive_uri: str, questions: list | None, questions_file: str | None, where: str | None, model: str,
          max_new_tokens: int, top_windows: int | None, workers: int | None, ray_address: str | None,
-         force: bool) -> dict:
+         force: bool, accept_numerics_change: bool = False) -> dict:
     return run_ask_library(archive_uri, questions, questions_file, where, model, max_new_tokens, top_windows,
-                           workers, ray_address, force)
+                           workers, ray_address, force, accept_numerics_change=accept_numerics_change)
 
 
 def summary_markdown(s: dict) -> str:
@@ -264,13 +289,14 @@ def ask_library(
     workers: int | None = None,
     ray_address: str | None = None,
     force: bool = False,
+    accept_numerics_change: bool = False,
 ) -> dict:
     """Prefect flow around `run_ask_library`; publishes the summary as the artifact `ask-library-summary`."""
     from prefect.artifacts import create_markdown_artifact
 
     summary = _run(archive_uri=archive_uri, questions=questions, questions_file=questions_file, where=where,
                    model=model, max_new_tokens=max_new_tokens, top_windows=top_windows, workers=workers,
-                   ray_address=ray_address, force=force)
+                   ray_address=ray_address, force=force, accept_numerics_change=accept_numerics_change)
     create_markdown_artifact(markdown=summary_markdown(summary), key="ask-library-summary",
                              description="vxl ask-library job summary")
     return summary

@@ -141,6 +141,9 @@ def register(app: typer.Typer) -> None:
         out = []
         for rec in arch.list_videos(f"video_id = '{vid}'"):
             d = dataclasses.asdict(rec)
+            d["library_versions"] = json.loads(rec.library_versions) if rec.library_versions else None
+            d["numerics_probes"] = [{k: p[k] for k in ("status", "dtype", "environment", "accepted_change",
+                                                       "created_at")} for p in arch.list_probes(rec.model_fingerprint)]
             if rec.status == "indexed":
                 emb, spans = arch.window_embeddings(rec.video_id, rec.model_fingerprint)
                 d["windows"] = [dataclasses.asdict(s) for s in spans]
@@ -155,6 +158,12 @@ def register(app: typer.Typer) -> None:
                     continue
                 if k in ("sampled_frames", "sampled_times") and v is not None and len(v) > 8:
                     v = f"{v[:8]}... ({len(v)})"
+                if k == "library_versions" and v:
+                    v = ", ".join(f"{name} {ver}" for name, ver in v.items())
+                if k == "numerics_probes":
+                    v = "; ".join(f"{p['status']} {p['dtype']} on {p['environment'].get('device')} "
+                                  f"(transformers {p['environment'].get('transformers')})"
+                                  + (" [accepted change]" if p["accepted_change"] else "") for p in v) or "none"
                 typer.echo(f"{k:>18}: {v}")
             for w in d.get("windows", []):
                 typer.echo(

@@ -66,6 +66,9 @@ def register(app: typer.Typer) -> None:
                                           help='JSON {"question": ..., "choices": [...]} instead of QUESTION.'),
         top_windows: int = typer.Option(None, "--top-windows",
                                         help="Load only the K windows closest to the question (CLIP) + first + last."),
+        accept_numerics_change: bool = typer.Option(
+            False, "--accept-numerics-change", help="Answer even though this environment's numerics probe differs "
+            "from the archive's (the change is recorded in the archive)."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Answer QUESTION about one video from its stored memory (no decoding, no vision tower)."""
@@ -88,7 +91,7 @@ def register(app: typer.Typer) -> None:
             if question is None:
                 raise AskError("usage", "question is empty: give QUESTION or --question-file")
             r = ask_video(_archive_uri(archive), video, question, model=model, max_new_tokens=max_new_tokens,
-                          top_windows=top_windows, choices=choices)
+                          top_windows=top_windows, choices=choices, accept_numerics_change=accept_numerics_change)
         except AskError as exc:
             raise _fail(exc, as_json) from None
         if as_json:
@@ -110,6 +113,9 @@ def register(app: typer.Typer) -> None:
         workers: int = typer.Option(None, "--workers", help="Ray answer workers (default: GPUs, else CPUs)."),
         ray_address: str = typer.Option(None, "--ray-address", help="Ray cluster (default $RAY_ADDRESS, else local)."),
         force: bool = typer.Option(False, "--force", help="Answer again even if already stored."),
+        accept_numerics_change: bool = typer.Option(
+            False, "--accept-numerics-change", help="Answer even though this environment's numerics probe differs "
+            "from the archive's (the change is recorded in the archive)."),
         no_prefect: bool = typer.Option(False, "--no-prefect", help="Run without the Prefect flow engine."),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
@@ -120,7 +126,8 @@ def register(app: typer.Typer) -> None:
             kwargs: dict[str, Any] = dict(
                 archive_uri=_archive_uri(archive), questions=list(question) if question else None,
                 questions_file=questions, where=where, model=model, max_new_tokens=max_new_tokens,
-                top_windows=top_windows, workers=workers, ray_address=ray_address, force=force)
+                top_windows=top_windows, workers=workers, ray_address=ray_address, force=force,
+                accept_numerics_change=accept_numerics_change)
             if no_prefect:
                 from flows.ask_library import run_ask_library
 

@@ -2,7 +2,8 @@
 
 Exit status: 0 every video indexed or skipped; 3 the run finished but some videos failed;
 1 infrastructure error (archive not writable, Ray unreachable, no worker could load the model);
-2 usage error (bad option, source not found).
+2 usage error (bad option, source not found); 4 this environment's numerics differ from the archive's
+(`tasks.numerics`: nothing stored; --accept-numerics-change accepts and records the change).
 
 Heavy imports (prefect, ray, torch) happen inside the command, so `vxl --help` stays fast.
 """
@@ -86,6 +87,9 @@ def index(
     force: bool = typer.Option(False, "--force", help="Re-index videos already in the archive for this model."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Retry videos whose indexing failed before."),
     decode_timeout: float = typer.Option(120.0, "--decode-timeout", help="Kill a video's decode after S seconds."),
+    accept_numerics_change: bool = typer.Option(
+        False, "--accept-numerics-change", help="Accept (and record in the archive) a numerics change: this "
+        "environment's probe differs from the one the archive's memories were computed with."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     no_flow: bool = typer.Option(False, "--no-flow", hidden=True,
                                  help="Run the pipeline without Prefect's engine (debugging, tests)."),
@@ -94,7 +98,8 @@ def index(
 
     Videos already indexed for this model are skipped (--force re-indexes); videos that failed
     before are retried only with --retry-failed. Exit status: 0 all indexed or skipped, 3 some
-    videos failed, 1 infrastructure error, 2 usage error.
+    videos failed, 1 infrastructure error (or upstream drift: nothing stored), 2 usage error, 4 this
+    environment's numerics differ from the archive's (nothing stored; --accept-numerics-change).
     """
     archive = archive or os.environ.get("VXL_ARCHIVE")
     if not archive:
@@ -102,6 +107,7 @@ def index(
         raise typer.Exit(2)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from model.environment import UpstreamDriftError
     from tasks.index import (
         IndexInfraError,
         IndexReport,
@@ -111,11 +117,13 @@ def index(
         run_index,
         set_progress_sink,
     )
+    from tasks.numerics import NumericsChanged
     from tasks.ray_runtime import RayUnavailable
 
     kw = dict(chunking=chunking, ratio=ratio, target_ratio=target_ratio, clip_model=clip_model,
               clip_weights=clip_weights, fps=fps, max_frames=max_frames, frames=frames, workers=workers,
-              ray_address=ray_address, force=force, retry_failed=retry_failed, decode_timeout_s=decode_timeout)
+              ray_address=ray_address, force=force, retry_failed=retry_failed, decode_timeout_s=decode_timeout,
+              accept_numerics_change=accept_numerics_change)
     try:
         make_options(model, **kw).validate()
         _discover(sources)  # fail fast on missing sources, before Ray and Prefect start
@@ -136,9 +144,12 @@ def index(
     except UsageError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    except (IndexInfraError, RayUnavailable) as exc:
+    except (IndexInfraError, RayUnavailable, UpstreamDriftError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+    except NumericsChanged as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
     finally:
         set_progress_sink(None)
     if as_json:

@@ -37,6 +37,7 @@ def index_corpus(
     force: bool = False,
     retry_failed: bool = False,
     decode_timeout_s: float = 120.0,
+    accept_numerics_change: bool = False,
 ) -> dict:
     """Index every video of `sources` (folders, globs, .csv/.jsonl/.parquet manifests with a `uri`
     column) into the archive at `archive` (folder or object-store URI).
@@ -58,6 +59,8 @@ def index_corpus(
         force: re-index videos already in the archive for this model.
         retry_failed: retry videos that failed before.
         decode_timeout_s: kill a decode after this many seconds.
+        accept_numerics_change: accept (and record) a worker whose numerics probe differs from the
+            archive's, instead of stopping with `NumericsChanged` (docs/OPERATIONS.md, "Numerics canary").
 
     Returns:
         `IndexReport` as a dict (`indexed`, `skipped`, `failed`, `frames`, `kv_bytes`, `seconds`, ...).
@@ -66,7 +69,7 @@ def index_corpus(
     opts = make_options(model, chunking=chunking, ratio=ratio, target_ratio=target_ratio, clip_model=clip_model,
                         clip_weights=clip_weights, fps=fps, max_frames=max_frames, frames=frames, workers=workers,
                         ray_address=ray_address, force=force, retry_failed=retry_failed,
-                        decode_timeout_s=decode_timeout_s)
+                        decode_timeout_s=decode_timeout_s, accept_numerics_change=accept_numerics_change)
     opts.validate()
     videos = discover_videos(sources)
     check_archive(archive)

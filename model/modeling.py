@@ -18,16 +18,28 @@ Parameter names equal Video-XL checkpoint keys (VIDEO_XL.md section 1):
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import CLIPVisionModel, DynamicCache, Qwen2ForCausalLM, Qwen2Model
+from transformers import Cache, CLIPVisionModel, DynamicCache, Qwen2ForCausalLM, Qwen2Model
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention, eager_attention_forward, rotate_half
 
 from .config import VideoXLConfig
+from .environment import UpstreamDriftError
+
+#: The keyword under which the installed transformers passes the cache to `Qwen2Model.forward`, its
+#: decoder layers and their attention: `past_key_values` up to 5.23, `cache` from 5.24 (ECOSYSTEM.md,
+#: 2026-12). An upstream internal: `VideoXLForCausalLM.step` checks after every pass that the cache
+#: grew by exactly the tokens fed, and `VSTAttention` refuses a cache under any other name.
+CACHE_KWARG = "cache" if "cache" in inspect.signature(Qwen2Model.forward).parameters else "past_key_values"
+
+#: Keyword arguments that carry model state (a cache under an older or newer name): if one reaches
+#: `VSTAttention` without being consumed, the attention would silently ignore it.
+_STATE_KWARGS = ("past_key_value", "layer_past", "past_key_values", "cache")
 
 
 @dataclass
@@ -77,10 +89,22 @@ class VSTAttention(Qwen2Attention):
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None,
-        past_key_values=None,
+        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         vst_capture: VSTCapture | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`Qwen2Attention.forward` with VST projections; the cache is accepted under either name.
+
+        Raises:
+            UpstreamDriftError: two different caches, or a keyword argument that carries model state
+                (a `Cache`, or a known cache name) that this attention would not use.
+        """
+        if past_key_values is not None and cache is not None and past_key_values is not cache:
+            raise UpstreamDriftError("transformers", "the attention got two different caches (`past_key_values` "
+                                     "and `cache`)")
+        past_key_values = cache if cache is not None else past_key_values
+        _refuse_state_kwargs(kwargs)
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
         is_vst = vst_capture.is_vst if vst_capture is not None else None
@@ -104,9 +128,19 @@ class VSTAttention(Qwen2Attention):
         attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
-        out, weights = attention(self, q, k, v, attention_mask, dropout=0.0, scaling=self.scaling, **kwargs)
+        out, weights = attention(self, q, k, v, attention_mask, dropout=0.0, scaling=self.scaling,
+                                 sliding_window=getattr(self, "sliding_window", None), **kwargs)
         out = out.reshape(*input_shape, -1).contiguous()  # (1, T, Hq*D)
         return self.o_proj(out), weights
+
+
+def _refuse_state_kwargs(kwargs: dict) -> None:
+    """Raise UpstreamDriftError when `kwargs` holds model state the attention does not consume."""
+    for name, value in kwargs.items():
+        if isinstance(value, Cache) or (name in _STATE_KWARGS and value is not None):
+            raise UpstreamDriftError(
+                "transformers", f"the decoder passed model state as `{name}=` ({type(value).__name__}), which "
+                "VSTAttention does not consume: the memory would be ignored")
 
 
 class VisionTower(nn.Module):
@@ -176,6 +210,10 @@ class VideoXLForCausalLM(Qwen2ForCausalLM):
         Positions are `M .. M + T - 1`; the mask is plain causal with all memory visible (Video-XL's
         "full-coverage"). `cache` grows by T tokens. Returns float32 logits `(logits_for_last, V)`
         for the last positions, or None when `logits_for_last == 0`.
+
+        Raises:
+            UpstreamDriftError: the pass did not grow every layer of the cache by exactly T tokens, or
+                `capture` did not record every layer (`check_pass`).
         """
         m = cache.get_seq_length()
         t = inputs_embeds.shape[1]
@@ -183,10 +221,11 @@ class VideoXLForCausalLM(Qwen2ForCausalLM):
         out = self.model(
             inputs_embeds=inputs_embeds,
             position_ids=position_ids,
-            past_key_values=cache,
             use_cache=True,
             vst_capture=capture,
+            **{CACHE_KWARG: cache},
         )
+        check_pass(self.config, cache, m, t, capture)
         if not logits_for_last:
             return None
         h = out.last_hidden_state[:, -logits_for_last:]  # (1, n, C)
@@ -197,6 +236,32 @@ class VideoXLForCausalLM(Qwen2ForCausalLM):
         cache = DynamicCache(config=self.config)
         append_rotated(self, cache, kv, start=0)
         return cache
+
+
+def check_pass(config: VideoXLConfig, cache: DynamicCache, before: int, fed: int,
+               capture: VSTCapture | None) -> None:
+    """Invariants after one decoder pass (where vxl relies on transformers internals).
+
+    Every layer of `cache` holds exactly `before + fed` tokens (the attention used the cache it was
+    given), and `capture`, if any, recorded every layer with `keep.sum()` tokens (the capture keyword
+    reached every attention).
+
+    Raises:
+        UpstreamDriftError: naming the installed transformers version.
+    """
+    layers = config.num_hidden_layers
+    lengths = [cache.get_seq_length(i) for i in range(layers)]
+    if lengths != [before + fed] * layers:
+        raise UpstreamDriftError(
+            "transformers", f"a decoder pass fed {fed} tokens after {before} cached ones, but the cache now holds "
+            f"{lengths} tokens per layer (expected {before + fed}): the attention did not use the memory")
+    if capture is not None:
+        want = int(capture.keep.sum())
+        got = {i: int(kv[0].shape[2]) for i, kv in capture.kv.items()}
+        if got != dict.fromkeys(range(layers), want):
+            raise UpstreamDriftError(
+                "transformers", f"the VST capture recorded layers {sorted(got)} with {sorted(set(got.values()))} "
+                f"tokens; expected all {layers} layers with {want}: the capture did not reach every attention")
 
 
 def append_rotated(model: VideoXLForCausalLM, cache: DynamicCache, kv: torch.Tensor, start: int) -> None:

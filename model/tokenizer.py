@@ -96,11 +96,3 @@ def load_tokenizer(folder: str | Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-
-
-def tokenizer_state(tok) -> str:
-    """A canonical string of everything that changes tokenization (for the model fingerprint)."""
-    backend = getattr(tok, "backend_tokenizer", None) or getattr(tok, "_tokenizer", None)
-    if backend is not None:
-        return backend.to_str()
-    return repr(sorted(tok.get_vocab().items()))

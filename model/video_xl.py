@@ -16,8 +16,6 @@ positions gives exactly the original's "re-apply RoPE to `[memory ; window]` at 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +24,11 @@ import numpy as np
 import torch
 
 from .config import VideoXLConfig, load_config, tiny_config
+from .fingerprint import FINGERPRINT_VERSION, fingerprint, fingerprint_payload  # noqa: F401 (re-exported)
 from .memory import VSTMemory, WindowSpan
 from .modeling import VideoXLForCausalLM, VSTCapture, append_rotated, truncate_cache
 from .plan import PLANNERS, ChunkPlan, vst_positions
-from .tokenizer import PROMPT_TEMPLATE, load_tokenizer, split_prompt, tiny_tokenizer, tokenizer_state
-
-FINGERPRINT_VERSION = 1  # bump when the encode algorithm changes the memory for the same inputs
+from .tokenizer import PROMPT_TEMPLATE, load_tokenizer, split_prompt, tiny_tokenizer
 
 
 @dataclass
@@ -101,26 +98,14 @@ class VideoXL:
         return self.model.device
 
     def _fingerprint(self) -> str:
-        """sha256 over everything that changes a memory for the same frames and plan.
+        """sha256 over exactly the fields that change a memory (`model.fingerprint`): the listed
+        config keys, weights digest, vocabulary and merges, prompt template, preprocessing, dtype and
+        the algorithm version. Not the device nor library versions (see `model.fingerprint`)."""
+        return fingerprint(self.fingerprint_payload())
 
-        Config (without runtime-only keys), weights digest, tokenizer, prompt template, CLIP
-        preprocessing, dtype and the encode algorithm version. Not the device: the same model on
-        CPU or GPU makes the same memory up to kernel rounding.
-        """
-        cfg = self.config.to_dict()
-        for k in ("_attn_implementation_autoset", "transformers_version", "dtype", "torch_dtype", "_name_or_path"):
-            cfg.pop(k, None)
-        payload = {
-            "version": FINGERPRINT_VERSION,
-            "config": cfg,
-            "weights": self._weights_digest,
-            "tokenizer": hashlib.sha256(tokenizer_state(self.tokenizer).encode()).hexdigest(),
-            "template": PROMPT_TEMPLATE,
-            "preprocessing": self.config.image_processor,
-            "dtype": str(self.dtype),
-        }
-        blob = json.dumps(payload, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()
+    def fingerprint_payload(self) -> dict:
+        """What `fingerprint` is the digest of (JSON-able)."""
+        return fingerprint_payload(self.config, self._weights_digest, self.tokenizer, PROMPT_TEMPLATE, self.dtype)
 
     def describe(self) -> dict:
         return {"name": self.name, "fingerprint": self.fingerprint, "dtype": str(self.dtype),

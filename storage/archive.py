@@ -34,8 +34,11 @@ from model.memory import VSTMemory, WindowSpan
 from storage import codec
 from storage.errors import ArchiveError, CorruptBlob, FingerprintMismatch, VideoNotFound
 from storage.schema import (
+    ADDED_COLUMNS,
     ANSWERS_SCHEMA,
     FORMAT_VERSION,
+    PROBES_SCHEMA,
+    READABLE_VERSIONS,
     SCHEMAS,
     SINK_WINDOW,
     VICO_SAMPLES_SCHEMA,
@@ -46,7 +49,10 @@ from storage.schema import (
 STATUS_INDEXED = "indexed"
 STATUS_FAILED = "failed"
 
-_RETRIES = 30
+_COMMIT_RETRIES = 4
+"""attempts of a write whose commit conflict LanceDB could not resolve itself (`_retry`)."""
+_OPEN_TRIES = 5
+"""attempts to open-or-create a table (a concurrent creator may win the race)."""
 _CACHE_ENTRIES = 4096  # per read cache; cleared when full
 
 
@@ -109,6 +115,9 @@ class VideoRecord:
     indexer_version: str | None = None
     write_id: str | None = None
     """the `vst_kv` write that holds this memory (None for failed rows)."""
+    library_versions: str | None = None
+    """JSON of `model.environment.library_versions()` of the process that computed the memory
+    (torch, transformers, tokenizers, decoders, CUDA/cuDNN or "cpu", device); None before format 2."""
 
     @property
     def key(self) -> str:
@@ -157,22 +166,23 @@ def _q(s: str) -> str:
     return "'" + str(s).replace("'", "''") + "'"
 
 
-def _is_conflict(exc: BaseException) -> bool:
-    msg = str(exc).lower()
-    return any(w in msg for w in ("conflict", "concurrent", "retryable", "commit", "too many"))
-
-
 def _retry(fn: Callable[[], Any], what: str) -> Any:
-    """Run a Lance commit, retrying on commit conflicts with jittered backoff."""
-    delay = 0.01
-    for attempt in range(_RETRIES):
+    """Run a Lance write (`what` names it in the error).
+
+    LanceDB retries commit conflicts inside each write (its own loop, with backoff), so a conflict
+    that still surfaces is rare. When it is a `lance.commit.CommitConflictError` whose `retryable` is
+    True (the transaction was preempted), the write is tried again a few times; a non-retryable
+    conflict and every other error propagate at once.
+    """
+    from lance.commit import CommitConflictError
+
+    for attempt in range(_COMMIT_RETRIES):
         try:
             return fn()
-        except (OSError, RuntimeError, ValueError) as exc:
-            if not _is_conflict(exc) or attempt == _RETRIES - 1:
-                raise
-            time.sleep(delay * (1 + random.random()))
-            delay = min(delay * 2, 1.0)
+        except CommitConflictError as exc:
+            if not exc.retryable or attempt == _COMMIT_RETRIES - 1:
+                raise ArchiveError(f"{what}: commit conflict ({exc}); retry the command") from exc
+            time.sleep(0.05 * (2**attempt) * (1 + random.random()))
     raise AssertionError("unreachable")
 
 
@@ -282,28 +292,56 @@ class Archive:
         if tbl is not None:
             return tbl
         schema = SCHEMAS[name]
-        for _ in range(_RETRIES):
+        last: BaseException | None = None
+        for attempt in range(_OPEN_TRIES):
             try:
                 tbl = self._db.open_table(name)
                 break
-            except (ValueError, FileNotFoundError, RuntimeError, OSError):
-                try:
-                    tbl = self._db.create_table(name, schema=schema, exist_ok=True)
-                    break
-                except (ValueError, RuntimeError, OSError) as exc:  # lost a create race: reopen
-                    if "exist" not in str(exc).lower() and not _is_conflict(exc):
-                        raise
-                    time.sleep(0.05 * random.random())
-        else:  # pragma: no cover
-            raise ArchiveError(f"{self.uri}: cannot open or create table {name}")
+            except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:  # not created yet
+                last = exc
+            try:
+                tbl = self._db.create_table(name, schema=schema, exist_ok=True)
+                break
+            except (ValueError, RuntimeError, OSError) as exc:  # lost a create race: open it next time
+                last = exc
+                time.sleep(0.05 * (attempt + 1) * random.random())
+        else:
+            raise ArchiveError(f"{self.uri}: cannot open or create table {name}: {last}") from last
         meta = tbl.schema.metadata or {}
         version = meta.get(b"vxl.format_version", b"").decode()
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise ArchiveError(
                 f"{self.uri}: table {name} has archive format version {version or 'none'}, this vxl "
-                f"reads version {FORMAT_VERSION}; use a matching vxl or a fresh archive"
+                f"reads versions {', '.join(READABLE_VERSIONS)}; use a matching vxl or a fresh archive"
             )
+        if version != FORMAT_VERSION:
+            tbl = self._upgrade(name, tbl)
         self._tables[name] = tbl
+        return tbl
+
+    def _upgrade(self, name: str, tbl):
+        """Bring table `name` to `FORMAT_VERSION`: add the columns later versions added (all null;
+        a metadata-only commit), then write the new format version into the schema metadata.
+        Idempotent and safe when several processes upgrade at once (a lost race finds the column)."""
+        import lancedb
+
+        have = set(tbl.schema.names)
+        for _version, fld in ADDED_COLUMNS.get(name, []):
+            if fld.name not in have:
+                try:
+                    tbl.add_columns(fld)
+                except (OSError, RuntimeError, ValueError):
+                    tbl = lancedb.connect(self.uri, storage_options=self.storage_options or None).open_table(name)
+                    if fld.name not in tbl.schema.names:
+                        raise
+        meta = {k.decode(): v.decode() for k, v in SCHEMAS[name].metadata.items()}
+        try:
+            tbl.to_lance().update_schema_metadata(meta, replace=True)
+        except OSError:  # lance.commit.CommitConflictError: another process upgraded it first
+            pass
+        tbl = self._db.open_table(name)
+        if (tbl.schema.metadata or {}).get(b"vxl.format_version", b"").decode() != FORMAT_VERSION:
+            raise ArchiveError(f"{self.uri}: could not upgrade table {name} to format version {FORMAT_VERSION}")
         return tbl
 
     def _ds(self, name: str):
@@ -934,6 +972,68 @@ class Archive:
 
     def list_vico_samples(self, where: str | None = None) -> list[dict]:
         return self._ds("vico_samples").to_table(filter=where).to_pylist()
+
+    # -- numerics probes (model.probe) -----------------------------------------------------------
+    def reference_probe(self, fingerprint: str):
+        """The probe that memories of `fingerprint` in this archive are compared against (the newest
+        row with status 'reference'), as a `model.probe.NumericsProbe`; None when none is recorded."""
+        from model.probe import NumericsProbe
+
+        rows = self._ds("probes").to_table(
+            filter=f"model_fingerprint = {_q(fingerprint)} AND status = 'reference'").to_pylist()
+        if not rows:
+            return None
+        r = max(rows, key=lambda r: r["created_at"])
+        return NumericsProbe(
+            fingerprint=r["model_fingerprint"],
+            memory=np.frombuffer(r["memory"], dtype="<f4").reshape(r["memory_shape"]),
+            logits=np.frombuffer(r["logits"], dtype="<f4"),
+            token_ids=list(r["token_ids"]), dtype=r["dtype"], environment=json.loads(r["environment"]),
+            probe_version=int(r["probe_version"]),
+        )
+
+    def put_probe(self, probe, *, accepted_change: dict | None = None) -> None:
+        """Record `probe` (a `model.probe.NumericsProbe`) as the reference for its fingerprint.
+
+        Without `accepted_change`, only when no reference exists yet (the first index; a concurrent
+        first writer may win, and `reference_probe` then returns its probe). With it (the user
+        accepted a numerics change, `--accept-numerics-change`), earlier references become
+        'superseded' and `accepted_change` (JSON: the comparison, both environments, when) is kept
+        on the new row.
+        """
+        fp = probe.fingerprint
+        if accepted_change is None and self.reference_probe(fp) is not None:
+            return
+        now = datetime.now(UTC)
+        key = f"{fp}/{probe.digest()}" + (f"/{now.isoformat()}" if accepted_change else "")  # history kept
+        row = {
+            "key": key, "model_fingerprint": fp, "status": "reference",
+            "probe_version": int(probe.probe_version), "dtype": probe.dtype,
+            "environment": json.dumps(probe.environment, sort_keys=True), "token_ids": list(probe.token_ids),
+            "memory_shape": list(probe.memory.shape),
+            "memory": np.ascontiguousarray(probe.memory, dtype="<f4").tobytes(),
+            "logits": np.ascontiguousarray(probe.logits, dtype="<f4").tobytes(),
+            "accepted_change": json.dumps(accepted_change, sort_keys=True, default=str) if accepted_change else None,
+            "created_at": now,
+        }
+        tbl = self._table("probes")
+        if accepted_change is not None:
+            _retry(lambda: tbl.update(where=f"model_fingerprint = {_q(fp)} AND status = 'reference'",
+                                      values={"status": "superseded"}), "supersede probes")
+        data = _table_from_rows([row], PROBES_SCHEMA)
+        _retry(lambda: tbl.merge_insert("key").when_matched_update_all().when_not_matched_insert_all().execute(data),
+               "write probe")
+
+    def list_probes(self, fingerprint: str | None = None) -> list[dict]:
+        """Probe rows without their arrays (key, fingerprint, status, dtype, environment and
+        accepted_change as dicts, created_at), oldest first."""
+        cols = [f.name for f in PROBES_SCHEMA if f.name not in ("memory", "logits")]
+        where = f"model_fingerprint = {_q(fingerprint)}" if fingerprint else None
+        rows = self._ds("probes").to_table(columns=cols, filter=where).to_pylist()
+        for r in rows:
+            r["environment"] = json.loads(r["environment"])
+            r["accepted_change"] = json.loads(r["accepted_change"]) if r["accepted_change"] else None
+        return sorted(rows, key=lambda r: r["created_at"])
 
 
 def open_archive(uri: str | os.PathLike, storage_options: dict[str, str] | None = None) -> Archive:

@@ -1,4 +1,8 @@
-"""Arrow schemas of the archive tables (format version 1). pyarrow only.
+"""Arrow schemas of the archive tables (format version 2). pyarrow only.
+
+Format history: 1 -> 2 added `videos.library_versions` and the `probes` table (numerics canary);
+a version-1 archive is upgraded in place when opened (`storage.archive.Archive`: a nullable column
+and a new table, metadata-only commits).
 
 The format version and a layout description are written into each table's schema metadata
 (`vxl.format_version`, `vxl.table`, `vxl.layout`), so a reader with plain pyarrow can tell what
@@ -9,7 +13,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+#: versions this code opens (older ones are upgraded in place).
+READABLE_VERSIONS = ("1", "2")
 
 #: Field metadata that makes Lance store a `large_binary` column as blobs (read with take_blobs).
 BLOB_META = {"lance-encoding:blob": "true"}
@@ -35,6 +41,11 @@ LAYOUT = {
     ),
     "answers": "one row per answer key (digest of video, fingerprint, question, choices, settings)",
     "vico_samples": "one row per VideoChat-style synthetic sample, key sample_id",
+    "probes": (
+        "numerics canary: one row per (model_fingerprint, probe digest); status 'reference' (the newest "
+        "is compared against) or 'superseded'; memory/logits = float32 little-endian bytes of the probe "
+        "memory [layers, 2, kv_heads, tokens, head_dim] and next-token logits [vocab] (model.probe)"
+    ),
 }
 
 
@@ -77,6 +88,7 @@ VIDEOS_SCHEMA = pa.schema(
         pa.field("indexed_at", pa.timestamp("us", tz="UTC")),
         pa.field("indexer_version", pa.string()),
         pa.field("write_id", pa.string()),
+        pa.field("library_versions", pa.string()),
     ],
     metadata=_meta("videos"),
 )
@@ -145,9 +157,34 @@ VICO_SAMPLES_SCHEMA = pa.schema(
     metadata=_meta("vico_samples"),
 )
 
+PROBES_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False, metadata=PK_META),
+        pa.field("model_fingerprint", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("probe_version", pa.int32(), nullable=False),
+        pa.field("dtype", pa.string(), nullable=False),
+        pa.field("environment", pa.string(), nullable=False),
+        pa.field("token_ids", pa.list_(pa.int64()), nullable=False),
+        pa.field("memory_shape", pa.list_(pa.int64()), nullable=False),
+        pa.field("memory", pa.large_binary(), nullable=False),
+        pa.field("logits", pa.large_binary(), nullable=False),
+        pa.field("accepted_change", pa.string()),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ],
+    metadata=_meta("probes"),
+)
+
+#: Columns added by a format version, with the version that added them: an older table gets them
+#: (all null) when the archive is opened.
+ADDED_COLUMNS: dict[str, list[tuple[str, pa.Field]]] = {
+    "videos": [("2", VIDEOS_SCHEMA.field("library_versions"))],
+}
+
 SCHEMAS: dict[str, pa.Schema] = {
     "videos": VIDEOS_SCHEMA,
     "vst_kv": VST_KV_SCHEMA,
     "answers": ANSWERS_SCHEMA,
     "vico_samples": VICO_SAMPLES_SCHEMA,
+    "probes": PROBES_SCHEMA,
 }

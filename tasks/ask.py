@@ -19,6 +19,7 @@ Errors are `AskError`s with a `kind` and the CLI exit status that goes with it:
 | `corrupt_blob` | 4 | a stored K/V blob fails its checksum or rows are missing |
 | `no_window_embeddings` | 4 | `top_windows` asked on a video indexed without per-window CLIP embeddings |
 | `clip_mismatch` | 4 | the CLIP model available here is not the one that made the window embeddings |
+| `numerics_changed` | 4 | this environment's numerics probe differs from the archive's (`tasks.numerics`) |
 | `infrastructure` | 1 | archive unreadable, model cannot be loaded |
 """
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import weakref
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -48,6 +50,7 @@ _EXIT_BY_KIND = {
     "corrupt_blob": EXIT_MEMORY,
     "no_window_embeddings": EXIT_MEMORY,
     "clip_mismatch": EXIT_MEMORY,
+    "numerics_changed": EXIT_MEMORY,
     "infrastructure": EXIT_INFRA,
 }
 
@@ -162,12 +165,44 @@ def get_clip(model_name: str, weights: str | None = None):
     return ClipEmbedder(model_name, weights, device="cpu")
 
 
+_PROBES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def model_probe(vx):
+    """`model.probe.compute_probe(vx)`, computed once per loaded model (before `forbid_vision`)."""
+    probe = _PROBES.get(vx)
+    if probe is None:
+        from model.probe import compute_probe
+
+        probe = _PROBES[vx] = compute_probe(vx)
+    return probe
+
+
+def verify_numerics(archive, vx, accept: bool = False) -> dict:
+    """Compare this process's probe of `vx` with the archive's reference (`tasks.numerics.check_probe`,
+    nothing recorded unless `accept`).
+
+    Returns:
+        the check's result ({"status": "match" | "unverified" | "accepted", ...}).
+    Raises:
+        AskError('numerics_changed'): beyond tolerance and not `accept` (message names both environments).
+    """
+    from tasks.numerics import NumericsChanged, check_probe
+
+    try:
+        return check_probe(archive, model_probe(vx), accept=accept, record=False)
+    except NumericsChanged as exc:
+        raise AskError("numerics_changed", str(exc)) from exc
+
+
 def forbid_vision(vx) -> None:
     """Make `vx`'s vision tower raise when called: answering must never encode frames.
 
     Used by the answer workers of `ask_library` (and by tests): any path that would touch the
-    vision tower fails loudly instead of silently re-encoding.
+    vision tower fails loudly instead of silently re-encoding. The model's numerics probe (which
+    encodes a few synthetic frames) is computed first (`model_probe`).
     """
+    model_probe(vx)
     tower = vx.model.model.vision_tower.vision_tower
 
     def _refuse(*args, **kwargs):
@@ -422,6 +457,7 @@ def ask_video(
     *,
     vx=None,
     archive=None,
+    accept_numerics_change: bool = False,
 ) -> dict:
     """Answer `question` about `video` (id, id prefix or file path) from the archive at `archive_uri`.
 
@@ -442,6 +478,7 @@ def ask_video(
     archive = archive or open_archive_or_fail(archive_uri)
     vid = resolve_video_id(archive, video)
     vx = vx or get_model(model)
+    numerics = verify_numerics(archive, vx, accept=accept_numerics_change)
     memory, used, select_s, load_s = load_memory(archive, vx, vid, question, top_windows)
     with _archive_errors(vid, vx.fingerprint):
         stored = archive.get_video(vid, vx.fingerprint).num_windows
@@ -463,6 +500,7 @@ def ask_video(
         "num_windows": stored,
         "model": vx.name,
         "fingerprint": vx.fingerprint,
+        "numerics": numerics["status"],
     }
     if q.choices is not None:
         out.update(choices=list(q.choices), chosen=res["chosen"], scores=res["scores"])

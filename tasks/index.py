@@ -8,7 +8,10 @@ docs/ARCHITECTURE.md ("Index pipeline").
 
 Errors: `UsageError` (bad options or sources: CLI exit status 2), `IndexInfraError` and
 `tasks.ray_runtime.RayUnavailable` (archive not writable, Ray unreachable, every worker dead: exit
-status 1). A bad video is never an exception: it is a `failed` row of the report (exit status 3).
+status 1), `model.environment.UpstreamDriftError` (a worker's transformers broke an invariant: exit
+status 1, nothing stored), `tasks.numerics.NumericsChanged` (a worker's probe differs from the
+archive's: exit status 4, nothing stored). A bad video is never an exception: it is a `failed` row
+of the report (exit status 3).
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ class IndexOptions:
         max_attempts: encode attempts per video when workers die (then `worker_crashed`).
         in_flight_per_worker: encode calls queued per actor (2: the next video's frames arrive
             while the current one encodes).
+        accept_numerics_change: a worker whose numerics probe differs from the archive's is accepted
+            and the change recorded (`tasks.numerics`), instead of stopping the run (exit status 4).
     """
 
     model: str = "tiny"
@@ -68,6 +73,7 @@ class IndexOptions:
     decode_timeout_s: float = 120.0
     max_attempts: int = 3
     in_flight_per_worker: int = 2
+    accept_numerics_change: bool = False
 
     def settings(self) -> dict:
         """The options that change a video's memory besides the model: sampling and chunk planning.
@@ -150,6 +156,8 @@ class IndexReport:
     dashboard_url: str | None = None
     stage_seconds: dict = field(default_factory=lambda: {"decode": 0.0, "plan": 0.0, "encode": 0.0, "write": 0.0})
     worker_restarts: int = 0
+    numerics: list[dict] = field(default_factory=list)
+    """one `tasks.numerics.check_probe` result per worker start: {"pid", "status", "comparison", "change"}."""
 
     @property
     def exit_code(self) -> int:
@@ -164,7 +172,7 @@ class IndexReport:
 
     def to_json(self) -> dict:
         return {"indexed": self.indexed, "skipped": self.skipped, "failed": self.failed, "frames": self.frames,
-                "kv_bytes": self.kv_bytes, "seconds": round(self.seconds, 3)}
+                "kv_bytes": self.kv_bytes, "seconds": round(self.seconds, 3), "numerics": self.numerics}
 
     def summary(self) -> dict:
         """Counts and totals (the Prefect artifact, the CLI's last line)."""
@@ -270,6 +278,8 @@ class WorkerPool:
             self.slots.append(_Slot(handle=h, ready_ref=h.ready.remote()))
         self.info: dict | None = None
         self.max_ready_failures = 4 * (max_restarts + 1)
+        self.on_ready: Callable[[dict], None] | None = None
+        """called with each actor's `ready()` info when it (re)starts; may raise to stop the run."""
 
     def alive(self) -> list[_Slot]:
         return [s for s in self.slots if s.state != "dead"]
@@ -306,12 +316,18 @@ class WorkerPool:
     def _resolve_ready(self, slot: _Slot, ref, errors: list | None = None) -> None:
         import ray
 
+        from model.environment import UpstreamDriftError
+
         try:
             info = ray.get(ref)
         except ray.exceptions.RayError as exc:
+            if isinstance(getattr(exc, "cause", None), UpstreamDriftError):
+                raise exc.cause from None  # the model's invariants failed on this worker: stop, store nothing
             slot.ready_failures += 1
-            # a restarting actor answers "unavailable" for a while; a creation error is final
-            final = isinstance(exc, ray.exceptions.RayTaskError) or "creation task" in str(exc)
+            # a restarting actor answers "unavailable" (ActorUnavailableError) for a while; an error in
+            # `ready()` or in the actor's `__init__` (ActorDiedError.actor_init_failed) is final
+            final = isinstance(exc, ray.exceptions.RayTaskError) or (
+                isinstance(exc, ray.exceptions.ActorDiedError) and exc.actor_init_failed)
             if final or slot.ready_failures >= self.max_ready_failures:
                 slot.state, slot.ready_ref = "dead", None
                 if errors is not None:
@@ -320,6 +336,8 @@ class WorkerPool:
                 time.sleep(0.5)
                 slot.ready_ref = slot.handle.ready.remote()
             return
+        if self.on_ready is not None:
+            self.on_ready(info)
         slot.state, slot.ready_ref, slot.pid, slot.ready_failures = "ready", None, info["pid"], 0
         if self.info is None:
             self.info = info
@@ -516,6 +534,17 @@ class _Run:
             decode_s=meta.get("decode_s"), indexer_version=self.version,
         )
 
+    def _check_worker(self, info: dict) -> None:
+        """A worker (re)started: compare its numerics probe with the archive's (record the first).
+
+        Raises:
+            NumericsChanged: beyond tolerance without `accept_numerics_change` (nothing is written).
+        """
+        from tasks.numerics import check_probe
+
+        res = check_probe(self.arch, info["probe"], accept=self.opt.accept_numerics_change)
+        self.report.numerics.append({"pid": info["pid"], **res})
+
     # -- phases ---------------------------------------------------------------------------------
     def _indexed_with_same_settings(self) -> set[str]:
         """Ids indexed for this fingerprint whose stored settings equal this run's (others re-index)."""
@@ -554,6 +583,7 @@ class _Run:
         self.encoding: dict = {}  # result_ref -> (job, meta, frames_ref, slot)
         self._progress("started")
         jobs = self._digest_all()  # reads every file once, while the actors load the model
+        self.pool.on_ready = self._check_worker
         ready = self.pool.wait_first_ready()
         self.fp, self.model_name = ready["fingerprint"], ready["name"]
         self.report.fingerprint = self.fp
@@ -667,6 +697,10 @@ class _Run:
                 self.decoded.appendleft((j, meta, frames_ref))  # resubmit; the frames are still in the store
             return
         except ray.exceptions.RayTaskError as exc:
+            from model.environment import UpstreamDriftError
+
+            if isinstance(exc.cause, UpstreamDriftError):  # not the video's fault: stop, store nothing
+                raise exc.cause from None
             self._fail(j.source_uri, j.video_id, "encode_failed", f"{j.path}: {exc}", meta)
             return
         if not out["ok"]:
@@ -689,6 +723,7 @@ class _Run:
         plan = dict(enc.plan, params={**enc.plan.get("params", {}), "index_settings": self.opt.settings()})
         rec.plan = json.dumps(plan)
         rec.plan_s, rec.encode_s = enc.plan_s, enc.encode_s
+        rec.library_versions = json.dumps({**enc.library_versions, "decoder": meta.get("decoder")}, sort_keys=True)
         mem = enc.memory
         self._archive_call(lambda: self.arch.put(rec, mem, window_embeddings=enc.window_embeddings),
                            j.video_id, j.source_uri)

@@ -76,6 +76,7 @@ class EncodedVideo:
         window_embeddings: float32 (W, E) per-window mean CLIP embeddings (dynamic), else None.
         plan_s: seconds for CLIP embedding + planning.
         encode_s: seconds for `VideoXL.encode`.
+        library_versions: `model.environment.library_versions()` of the worker (stored per memory).
         worker_pid: process id of the worker that encoded (tests kill it).
     """
 
@@ -84,6 +85,7 @@ class EncodedVideo:
     window_embeddings: np.ndarray | None
     plan_s: float
     encode_s: float
+    library_versions: dict = field(default_factory=dict)
     worker_pid: int = field(default_factory=os.getpid)
 
 
@@ -91,9 +93,13 @@ class Encoder:
     """A loaded model (+ CLIP for dynamic chunking) that plans and encodes videos. See `load_encoder`."""
 
     def __init__(self, vx, clip, spec: PlanSpec):
+        from model.environment import library_versions
+
         self.vx = vx
         self.clip = clip
         self.spec = spec
+        self.library_versions = library_versions(vx.device)
+        """the stack this encoder computes memories with (stored on every `videos` row)."""
 
     def plan(self, frames: np.ndarray):
         """-> (ChunkPlan, per-window embeddings or None) for uint8 (F, H, W, 3) frames."""
@@ -120,7 +126,7 @@ class Encoder:
         memory = memory.to("cpu")
         t2 = time.perf_counter()
         return EncodedVideo(memory=memory, plan=plan.to_dict(), window_embeddings=wemb,
-                            plan_s=t1 - t0, encode_s=t2 - t1)
+                            plan_s=t1 - t0, encode_s=t2 - t1, library_versions=self.library_versions)
 
 
 def load_encoder(model: str, spec: PlanSpec, device: str | None = None) -> Encoder:
@@ -168,9 +174,12 @@ def decode_job(path: str, *, fps: float, max_frames: int, frames: int | None, mo
         return {"ok": False, "error_kind": exc.kind, "error": str(exc)}, None
     except ValueError as exc:  # sampling arguments impossible for this file (e.g. fps with no frame rate)
         return {"ok": False, "error_kind": "decode_failed", "error": f"{path}: {exc}"}, None
+    from model.environment import version_of
+
     record_frames_decoded(len(dv.indices), model_tag)
     meta = dv.probe()
-    meta.update(ok=True, indices=[int(i) for i in dv.indices], timestamps=[float(t) for t in dv.timestamps])
+    meta.update(ok=True, indices=[int(i) for i in dv.indices], timestamps=[float(t) for t in dv.timestamps],
+                decoder=f"decord {version_of('decord')}")
     return meta, dv.frames
 
 
@@ -218,11 +227,21 @@ class EncodeWorker:
             pass
         self.encoder = load_encoder(model, spec)
         self.model_tag = model_tag or self.encoder.vx.name
+        self._probe = None
 
     def ready(self) -> dict:
+        """The loaded model's identity and its numerics probe (`model.probe`, computed once).
+
+        Raises:
+            UpstreamDriftError: the probe broke one of the model's invariants (the driver stops).
+        """
+        from model.probe import compute_probe
+
         vx = self.encoder.vx
+        if self._probe is None:
+            self._probe = compute_probe(vx)
         return {"fingerprint": vx.fingerprint, "name": vx.name, "pid": os.getpid(), "device": str(vx.device),
-                "dtype": str(vx.dtype)}
+                "dtype": str(vx.dtype), "probe": self._probe, "library_versions": self.encoder.library_versions}
 
     def pid(self) -> int:
         return os.getpid()

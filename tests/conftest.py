@@ -21,6 +21,9 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # Prefect's ephemeral server logs "Stopping temporary server" at interpreter exit, after pytest has
 # closed the captured streams ("I/O operation on closed file"); INFO is not needed in tests.
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# The ephemeral API server must start within this many seconds (default 20): on 2 loaded cores the
+# first start has been seen to take longer ("Timed out while attempting to connect to ephemeral Prefect API").
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 ORACLE = Path(__file__).parent / "data" / "oracle"
 
