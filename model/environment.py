@@ -36,13 +36,20 @@ class UpstreamDriftError(Exception):
     def __init__(self, library: str, what: str, fix: str | None = None) -> None:
         self.library = library
         self.version = version_of(library)
-        msg = f"{library} {self.version}: {what}"
-        msg += f". {fix}" if fix else (
-            f". vxl was tested with {library} {', '.join(TESTED_TRANSFORMERS) if library == 'transformers' else ''}"
-            .rstrip() + "; install from the lock (`make install`) or run `make upgrade-check` "
-            "(docs/OPERATIONS.md, 'Upgrading dependencies'). Nothing was stored."
-        )
-        super().__init__(msg)
+        tested = f" vxl was tested with {library} {', '.join(TESTED_TRANSFORMERS)};" if library == "transformers" else ""
+        fix = fix or (f"{tested} install from the lock (`make install`) or run `make upgrade-check` "
+                      "(docs/OPERATIONS.md, 'Upgrading dependencies'). Nothing was stored")
+        super().__init__(f"{library} {self.version}: {what}.{fix if fix.startswith(' ') else ' ' + fix}")
+
+    def __reduce__(self):  # picklable across Ray workers although __init__ takes other arguments
+        return (_rebuild_drift, (self.library, self.version, str(self)))
+
+
+def _rebuild_drift(library: str, version: str, message: str) -> UpstreamDriftError:
+    err = UpstreamDriftError.__new__(UpstreamDriftError)
+    Exception.__init__(err, message)
+    err.library, err.version = library, version
+    return err
 
 
 def version_of(dist: str) -> str:

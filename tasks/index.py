@@ -321,7 +321,7 @@ class WorkerPool:
         try:
             info = ray.get(ref)
         except ray.exceptions.RayError as exc:
-            if isinstance(getattr(exc, "cause", None), UpstreamDriftError):
+            if isinstance(exc, UpstreamDriftError) or isinstance(getattr(exc, "cause", None), UpstreamDriftError):
                 raise exc.cause from None  # the model's invariants failed on this worker: stop, store nothing
             slot.ready_failures += 1
             # a restarting actor answers "unavailable" (ActorUnavailableError) for a while; an error in
@@ -699,7 +699,8 @@ class _Run:
         except ray.exceptions.RayTaskError as exc:
             from model.environment import UpstreamDriftError
 
-            if isinstance(exc.cause, UpstreamDriftError):  # not the video's fault: stop, store nothing
+            if isinstance(exc, UpstreamDriftError) or isinstance(exc.cause, UpstreamDriftError):
+                # not the video's fault: stop, store nothing
                 raise exc.cause from None
             self._fail(j.source_uri, j.video_id, "encode_failed", f"{j.path}: {exc}", meta)
             return

@@ -91,6 +91,7 @@ def test_select_windows_ranks_and_keeps_ends():
 
 # -- equivalence with a fresh encode -----------------------------------------------------------
 
+@pytest.mark.fidelity
 def test_archive_answers_bit_identical_to_fresh_encode(indexed, tiny_vx, sample_dir):
     from model.plan import ChunkPlan
 

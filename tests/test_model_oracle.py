@@ -14,6 +14,8 @@ import torch
 from model import load_model
 from model.plan import vst_positions
 
+pytestmark = pytest.mark.fidelity
+
 CASES = ["f4_r8", "f12_r8"]
 TOL = 1e-4
 

@@ -11,6 +11,7 @@ from transformers import CLIPVisionModel, Qwen2Config, Qwen2ForCausalLM
 
 from model.memory import VSTMemory
 
+pytestmark = pytest.mark.fidelity
 
 def _frames(n, h=336, w=336, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
