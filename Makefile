@@ -46,7 +46,7 @@ lock: install
 # there (oracle, Qwen2/CLIP equivalence, archive vs fresh encode, drift invariants, canary).
 # Touches neither uv.lock nor .venv. docs/OPERATIONS.md: "Upgrading dependencies".
 upgrade-check: install
-	$(BIN)/python bench/upgrade_check.py
+	$(BIN)/python tests/upgrade_check.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .upgrade-check

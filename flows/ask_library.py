@@ -47,10 +47,14 @@ class AskWorker:
         self._archives: dict[str, Any] = {}
 
     def ready(self) -> dict:
-        from tasks.ask import model_probe
-
         return {"fingerprint": self.vx.fingerprint, "name": self.vx.name, "pid": os.getpid(),
-                "device": str(self.vx.device), "probe": model_probe(self.vx)}
+                "device": str(self.vx.device)}
+
+    def answer_probe(self, reference):
+        """`model.probe.compute_answer_probe` against the archive's reference probe (decoder only)."""
+        from model.probe import compute_answer_probe
+
+        return compute_answer_probe(self.vx, reference)
 
     def answer_video(self, archive_uri: str, video_id: str, questions: list[dict], max_new_tokens: int,
                      top_windows: int | None) -> dict:
@@ -168,14 +172,18 @@ def run_ask_library(
     from tasks.numerics import NumericsChanged, check_probe
 
     def check_numerics(actor) -> dict:
-        """Wait for `actor` to load the model; compare its probe with the archive's."""
+        """Wait for `actor` to load the model; answer the archive's probe there and compare."""
         info = ray.get(actor.ready.remote())
+        ref = archive.reference_probe(info["fingerprint"])
+        if ref is None:
+            summary.setdefault("numerics", []).append({"pid": info["pid"], "status": "unverified"})
+            return info
         try:
-            summary.setdefault("numerics", []).append(
-                {"pid": info["pid"], **check_probe(archive, info["probe"], accept=accept_numerics_change,
-                                                   record=False)})
+            res = check_probe(archive, ray.get(actor.answer_probe.remote(ref)), accept=accept_numerics_change,
+                              record=False)
         except NumericsChanged as exc:
             raise AskError("numerics_changed", str(exc)) from exc
+        summary.setdefault("numerics", []).append({"pid": info["pid"], **res})
         return info
 
     try:

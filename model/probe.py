@@ -128,6 +128,27 @@ def compute_probe(vx) -> NumericsProbe:
     )
 
 
+@torch.inference_mode()
+def compute_answer_probe(vx, reference: NumericsProbe) -> NumericsProbe:
+    """The answering side of the probe: next-token logits of `PROBE_QUESTION` against the
+    *reference's* memory, with `vx`'s decoder only (no frames, no vision tower: what answering uses).
+
+    `memory` is the reference's (so `compare_probes` checks the logits and the tokenization).
+    """
+    from .environment import library_versions
+    from .memory import VSTMemory
+    from .tokenizer import split_prompt
+
+    kv = torch.from_numpy(np.array(reference.memory, dtype=np.float32)).to(vx.device, vx.dtype)  # (L, 2, Hkv, M, D)
+    memory = VSTMemory(sink=kv, window_kv=[], windows=[], fingerprint=vx.fingerprint)
+    logits = vx.next_token_logits(memory, PROBE_QUESTION)
+    ids = list(vx._sink_ids) + vx._encode_text(split_prompt(PROBE_QUESTION)[1])
+    return NumericsProbe(
+        fingerprint=vx.fingerprint, memory=reference.memory, logits=logits.float().cpu().numpy(),
+        token_ids=[int(i) for i in ids], dtype=str(vx.dtype), environment=library_versions(vx.device),
+    )
+
+
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
     scale = float(np.abs(a).max()) if a.size else 0.0
     diff = float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max()) if a.size else 0.0

@@ -992,14 +992,15 @@ class Archive:
             probe_version=int(r["probe_version"]),
         )
 
-    def put_probe(self, probe, *, accepted_change: dict | None = None) -> None:
+    def put_probe(self, probe, *, accepted_change: dict | None = None, status: str = "reference") -> None:
         """Record `probe` (a `model.probe.NumericsProbe`) as the reference for its fingerprint.
 
         Without `accepted_change`, only when no reference exists yet (the first index; a concurrent
         first writer may win, and `reference_probe` then returns its probe). With it (the user
         accepted a numerics change, `--accept-numerics-change`), earlier references become
         'superseded' and `accepted_change` (JSON: the comparison, both environments, when) is kept
-        on the new row.
+        on the new row. `status="accepted"` (an answering process accepted a change) only records
+        the row: the reference stays (only indexing processes, which encode, replace it).
         """
         fp = probe.fingerprint
         if accepted_change is None and self.reference_probe(fp) is not None:
@@ -1007,7 +1008,7 @@ class Archive:
         now = datetime.now(UTC)
         key = f"{fp}/{probe.digest()}" + (f"/{now.isoformat()}" if accepted_change else "")  # history kept
         row = {
-            "key": key, "model_fingerprint": fp, "status": "reference",
+            "key": key, "model_fingerprint": fp, "status": status,
             "probe_version": int(probe.probe_version), "dtype": probe.dtype,
             "environment": json.dumps(probe.environment, sort_keys=True), "token_ids": list(probe.token_ids),
             "memory_shape": list(probe.memory.shape),
@@ -1017,7 +1018,7 @@ class Archive:
             "created_at": now,
         }
         tbl = self._table("probes")
-        if accepted_change is not None:
+        if accepted_change is not None and status == "reference":
             _retry(lambda: tbl.update(where=f"model_fingerprint = {_q(fp)} AND status = 'reference'",
                                       values={"status": "superseded"}), "supersede probes")
         data = _table_from_rows([row], PROBES_SCHEMA)

@@ -165,44 +165,42 @@ def get_clip(model_name: str, weights: str | None = None):
     return ClipEmbedder(model_name, weights, device="cpu")
 
 
-_PROBES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def model_probe(vx):
-    """`model.probe.compute_probe(vx)`, computed once per loaded model (before `forbid_vision`)."""
-    probe = _PROBES.get(vx)
-    if probe is None:
-        from model.probe import compute_probe
-
-        probe = _PROBES[vx] = compute_probe(vx)
-    return probe
+_VERIFIED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""model -> {(archive uri, reference digest): check result}: each check runs once per process."""
 
 
 def verify_numerics(archive, vx, accept: bool = False) -> dict:
-    """Compare this process's probe of `vx` with the archive's reference (`tasks.numerics.check_probe`,
-    nothing recorded unless `accept`).
+    """Answer the archive's probe question from the archive's reference probe memory with `vx`'s
+    decoder (`model.probe.compute_answer_probe`: no vision tower) and compare the logits with the
+    reference's (`tasks.numerics.check_probe`; nothing recorded unless `accept`).
 
     Returns:
         the check's result ({"status": "match" | "unverified" | "accepted", ...}).
     Raises:
         AskError('numerics_changed'): beyond tolerance and not `accept` (message names both environments).
     """
+    from model.probe import compute_answer_probe
     from tasks.numerics import NumericsChanged, check_probe
 
-    try:
-        return check_probe(archive, model_probe(vx), accept=accept, record=False)
-    except NumericsChanged as exc:
-        raise AskError("numerics_changed", str(exc)) from exc
+    ref = archive.reference_probe(vx.fingerprint)
+    if ref is None:
+        return {"status": "unverified", "comparison": None, "change": None}
+    done = _VERIFIED.setdefault(vx, {})
+    key = (archive.uri, ref.digest())
+    if key not in done:
+        try:
+            done[key] = check_probe(archive, compute_answer_probe(vx, ref), accept=accept, record=False)
+        except NumericsChanged as exc:
+            raise AskError("numerics_changed", str(exc)) from exc
+    return done[key]
 
 
 def forbid_vision(vx) -> None:
     """Make `vx`'s vision tower raise when called: answering must never encode frames.
 
     Used by the answer workers of `ask_library` (and by tests): any path that would touch the
-    vision tower fails loudly instead of silently re-encoding. The model's numerics probe (which
-    encodes a few synthetic frames) is computed first (`model_probe`).
+    vision tower fails loudly instead of silently re-encoding.
     """
-    model_probe(vx)
     tower = vx.model.model.vision_tower.vision_tower
 
     def _refuse(*args, **kwargs):

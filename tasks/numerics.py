@@ -57,9 +57,11 @@ def check_probe(archive, probe, *, accept: bool = False, record: bool = True) ->
     Args:
         archive: an open `storage.Archive`.
         probe: computed by `model.probe.compute_probe` right after loading the model.
-        accept: the user accepted a numerics change: record `probe` as the new reference.
-        record: record `probe` as the reference when the archive has none for its fingerprint (index
-            paths); answering paths pass False and get status "unverified".
+        accept: the user accepted a numerics change: record it (index paths: `probe` becomes the new
+            reference; answering paths: a row with status "accepted", the reference stays).
+        record: the process encodes (index paths): record `probe` as the reference when the archive
+            has none for its fingerprint. Answering paths pass False (and a `compute_answer_probe`
+            probe) and get status "unverified" when there is no reference.
     Returns:
         {"status": "recorded" | "match" | "accepted" | "unverified", "comparison": dict | None,
          "change": dict | None (accepted: what was recorded)}.
@@ -86,7 +88,7 @@ def check_probe(archive, probe, *, accept: bool = False, record: bool = True) ->
         "new_environment": probe.environment, "accepted_at": datetime.now(UTC).isoformat(),
         "accepted_by": _user(),
     }
-    archive.put_probe(probe, accepted_change=change)
+    archive.put_probe(probe, accepted_change=change, status="reference" if record else "accepted")
     return {"status": "accepted", "comparison": cmp.to_dict(), "change": change}
 
 
