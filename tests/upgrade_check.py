@@ -34,9 +34,14 @@ def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run([str(c) for c in cmd], cwd=ROOT, check=True, **kw)
 
 
-def locked_versions() -> dict[str, str]:
+def locked_versions() -> dict[str, set[str]]:
+    """name -> versions in uv.lock (several when the lock forks by Python version)."""
     lock = tomllib.loads((ROOT / "uv.lock").read_text())
-    return {p["name"]: p["version"] for p in lock["package"] if "version" in p and p["name"] != "vxl"}
+    out: dict[str, set[str]] = {}
+    for p in lock["package"]:
+        if "version" in p and p["name"] != "vxl":
+            out.setdefault(p["name"], set()).add(p["version"])
+    return out
 
 
 def resolved_versions(req: Path) -> dict[str, str]:
@@ -82,7 +87,8 @@ def main() -> int:
     _run([uv, "pip", "install", "--python", py, "--no-deps", "-e", "."])
 
     old, new = locked_versions(), resolved_versions(req)
-    changed = {n: [old.get(n), v] for n, v in sorted(new.items()) if old.get(n) != v}
+    changed = {n: [" | ".join(sorted(old.get(n, ()))) or None, v] for n, v in sorted(new.items())
+               if v not in old.get(n, ())}
     print(f"\n{len(changed)} packages differ from uv.lock:")
     for name, (a, b) in changed.items():
         print(f"  {name:32} {a or '-':>14} -> {b}")
