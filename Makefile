@@ -7,7 +7,10 @@ UV_VERSION := 0.13.9
 UV := $(BIN)/uv
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
+# uv trusts its bundled roots; use the system's store where there is one (as pip here does).
+ifneq ($(wildcard /etc/ssl/certs/ca-certificates.crt),)
 export SSL_CERT_FILE ?= /etc/ssl/certs/ca-certificates.crt
+endif
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export RAY_AUTH_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
