@@ -174,12 +174,12 @@ def decode_job(path: str, *, fps: float, max_frames: int, frames: int | None, mo
         return {"ok": False, "error_kind": exc.kind, "error": str(exc)}, None
     except ValueError as exc:  # sampling arguments impossible for this file (e.g. fps with no frame rate)
         return {"ok": False, "error_kind": "decode_failed", "error": f"{path}: {exc}"}, None
-    from model.environment import version_of
+    from importlib.metadata import version  # not model.environment: importing `model` loads torch
 
     record_frames_decoded(len(dv.indices), model_tag)
     meta = dv.probe()
     meta.update(ok=True, indices=[int(i) for i in dv.indices], timestamps=[float(t) for t in dv.timestamps],
-                decoder=f"decord {version_of('decord')}")
+                decoder=f"decord {version('decord')}")
     return meta, dv.frames
 
 
