@@ -4,9 +4,9 @@ stage alone, on the same sample corpus, with 1 and 2 encode workers.
     .venv/bin/python bench/index_throughput.py [--count 3] [--seconds 12] [--fps 1] [--repeats 3]
 
 Stages alone (same sampled frames):
-- decode: decord in-process (what the pipeline's Ray decode tasks run; the driver kills a task
-  past --decode-timeout), decord in a spawned child (`decode_with_timeout`, the standalone
-  killable path), PyAV sequential (bench/decode.py);
+- decode: the default back end in-process (what the pipeline's Ray decode tasks run; the driver
+  kills a task past --decode-timeout), the same in a spawned child (`decode_with_timeout`, the
+  standalone killable path), PyAV decoding every frame (bench/decode.py `sequential`);
 - plan: CLIP (`vxl-tiny-clip`) embeddings + `plan_dynamic`, in-process, 1 thread;
 - encode: the encode actors alone (`EncodeWorker.encode`, plan included, frames already in Ray's
   object store), 1 and 2 workers.
@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     import torch
 
-    from bench.decode import decode_pyav
+    from bench.decode import sequential
+    from tasks.decoders import Sampling
     from tasks.index import make_options, run_index, shutdown_workers
     from tasks.samples import make_sample_videos
     from tasks.video import decode, decode_with_timeout
@@ -68,12 +69,12 @@ def main(argv: list[str] | None = None) -> int:
 
     t = _median_time(lambda: [decode(p, **kw) for p in paths], args.repeats)
     decode_inproc = nframes / t
-    rows.append(("decode decord (in-process, what the pipeline runs)", decode_inproc))
+    rows.append(("decode pyav (in-process, what the pipeline runs)", decode_inproc))
     t = _median_time(lambda: [decode_with_timeout(p, timeout_s=120, **kw) for p in paths], args.repeats)
     decode_child = nframes / t
-    rows.append(("decode decord (killable child)", decode_child))
-    t = _median_time(lambda: [decode_pyav(p, d.indices) for p, d in zip(paths, decoded, strict=True)], args.repeats)
-    rows.append(("decode PyAV (same frames)", nframes / t))
+    rows.append(("decode pyav (killable child)", decode_child))
+    t = _median_time(lambda: [sequential(p, Sampling(**kw)) for p in paths], args.repeats)
+    rows.append(("decode PyAV, every frame (same sampling)", nframes / t))
 
     torch.set_num_threads(1)
     opts = make_options("tiny", **kw)

@@ -87,6 +87,8 @@ def index(
     force: bool = typer.Option(False, "--force", help="Re-index videos already in the archive for this model."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Retry videos whose indexing failed before."),
     decode_timeout: float = typer.Option(120.0, "--decode-timeout", help="Kill a video's decode after S seconds."),
+    decoder: str = typer.Option("pyav", "--decoder", help="Video decoder: 'pyav' (frame-exact, default), 'decord' "
+                                "or 'torchcodec' (optional); both fall back to pyav where they are not exact."),
     accept_numerics_change: bool = typer.Option(
         False, "--accept-numerics-change", help="Accept (and record in the archive) a numerics change: this "
         "environment's probe differs from the one the archive's memories were computed with."),
@@ -123,7 +125,7 @@ def index(
     kw = dict(chunking=chunking, ratio=ratio, target_ratio=target_ratio, clip_model=clip_model,
               clip_weights=clip_weights, fps=fps, max_frames=max_frames, frames=frames, workers=workers,
               ray_address=ray_address, force=force, retry_failed=retry_failed, decode_timeout_s=decode_timeout,
-              accept_numerics_change=accept_numerics_change)
+              decoder=decoder, accept_numerics_change=accept_numerics_change)
     try:
         make_options(model, **kw).validate()
         _discover(sources)  # fail fast on missing sources, before Ray and Prefect start
@@ -157,6 +159,8 @@ def index(
     else:
         for f in report.failed:
             typer.echo(f"failed [{f['error_kind']}] {f['source_uri']}: {f['error']}", err=True)
+        for reason, r in report.ignored.items():
+            typer.echo(f"ignored {r['count']} file(s) under the sources: {reason} (e.g. {r['examples'][0]})", err=True)
         s = report.summary()
         prev = sum(1 for k in report.skipped if k["reason"] == "failed_before")
         typer.echo(

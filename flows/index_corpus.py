@@ -37,6 +37,7 @@ def index_corpus(
     force: bool = False,
     retry_failed: bool = False,
     decode_timeout_s: float = 120.0,
+    decoder: str = "pyav",
     accept_numerics_change: bool = False,
 ) -> dict:
     """Index every video of `sources` (folders, globs, .csv/.jsonl/.parquet manifests with a `uri`
@@ -59,6 +60,7 @@ def index_corpus(
         force: re-index videos already in the archive for this model.
         retry_failed: retry videos that failed before.
         decode_timeout_s: kill a decode after this many seconds.
+        decoder: video decoder back end ("pyav", the frame-exact default; "decord"; "torchcodec").
         accept_numerics_change: accept (and record) a worker whose numerics probe differs from the
             archive's, instead of stopping with `NumericsChanged` (docs/OPERATIONS.md, "Numerics canary").
 
@@ -69,10 +71,11 @@ def index_corpus(
     opts = make_options(model, chunking=chunking, ratio=ratio, target_ratio=target_ratio, clip_model=clip_model,
                         clip_weights=clip_weights, fps=fps, max_frames=max_frames, frames=frames, workers=workers,
                         ray_address=ray_address, force=force, retry_failed=retry_failed,
-                        decode_timeout_s=decode_timeout_s, accept_numerics_change=accept_numerics_change)
+                        decode_timeout_s=decode_timeout_s, decoder=decoder,
+                        accept_numerics_change=accept_numerics_change)
     opts.validate()
-    videos = discover_videos(sources)
+    found = discover_videos(sources)
     check_archive(archive)
-    report = index_videos(videos, archive, options_to_dict(opts))
+    report = index_videos(found["videos"], archive, options_to_dict(opts), found["ignored"])
     publish_summary(report)
     return report

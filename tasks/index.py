@@ -57,6 +57,7 @@ class IndexOptions:
         max_attempts: encode attempts per video when workers die (then `worker_crashed`).
         in_flight_per_worker: encode calls queued per actor (2: the next video's frames arrive
             while the current one encodes).
+        decoder: video decoder back end (`tasks.decoders.DECODERS`; default `pyav`, frame-exact).
         accept_numerics_change: a worker whose numerics probe differs from the archive's is accepted
             and the change recorded (`tasks.numerics`), instead of stopping the run (exit status 4).
     """
@@ -73,6 +74,7 @@ class IndexOptions:
     decode_timeout_s: float = 120.0
     max_attempts: int = 3
     in_flight_per_worker: int = 2
+    decoder: str = "pyav"
     accept_numerics_change: bool = False
 
     def settings(self) -> dict:
@@ -83,7 +85,10 @@ class IndexOptions:
         """
         spec = self.plan
         out = {"fps": None if self.frames else self.fps, "max_frames": None if self.frames else self.max_frames,
-               "frames": self.frames, "chunking": spec.chunking}
+               "frames": self.frames, "chunking": spec.chunking,
+               # frames chosen by presentation time, frame-exact (tasks.decoders); memories from the
+               # earlier index-based decord sampling (no "sampling" key) are indexed again
+               "sampling": "pts"}
         if spec.chunking == "fixed":
             out["ratio"] = spec.ratio
         else:
@@ -101,6 +106,10 @@ class IndexOptions:
             raise UsageError(f"--frames must be >= 1, got {self.frames}")
         if self.workers is not None and self.workers < 1:
             raise UsageError(f"--workers must be >= 1, got {self.workers}")
+        from tasks.decoders import DECODERS
+
+        if self.decoder not in DECODERS:
+            raise UsageError(f"--decoder must be one of {sorted(DECODERS)}, got {self.decoder!r}")
         if not (self.decode_timeout_s > 0):
             raise UsageError(f"--decode-timeout must be > 0 seconds, got {self.decode_timeout_s}")
         if self.model != "tiny" and not Path(self.model).is_dir():
@@ -158,6 +167,8 @@ class IndexReport:
     worker_restarts: int = 0
     numerics: list[dict] = field(default_factory=list)
     """one `tasks.numerics.check_probe` result per worker start: {"pid", "status", "comparison", "change"}."""
+    ignored: dict = field(default_factory=dict)
+    """files under the sources that are not taken as videos: {reason: {"count", "examples"}}."""
 
     @property
     def exit_code(self) -> int:
@@ -172,12 +183,14 @@ class IndexReport:
 
     def to_json(self) -> dict:
         return {"indexed": self.indexed, "skipped": self.skipped, "failed": self.failed, "frames": self.frames,
-                "kv_bytes": self.kv_bytes, "seconds": round(self.seconds, 3), "numerics": self.numerics}
+                "kv_bytes": self.kv_bytes, "seconds": round(self.seconds, 3), "numerics": self.numerics,
+                "ignored": self.ignored}
 
     def summary(self) -> dict:
         """Counts and totals (the Prefect artifact, the CLI's last line)."""
         return {"total": self.total, "indexed": len(self.indexed), "skipped": len(self.skipped),
                 "failed": len(self.failed), "failed_by_kind": self.failed_by_kind(), "frames": self.frames,
+                "ignored": sum(v["count"] for v in self.ignored.values()),
                 "kv_bytes": self.kv_bytes, "seconds": round(self.seconds, 3),
                 "frames_per_s": round(self.frames / self.seconds, 3) if self.seconds > 0 else 0.0,
                 "model": self.model, "fingerprint": self.fingerprint, "workers": self.workers,
@@ -204,6 +217,9 @@ class IndexReport:
             for f in self.failed[:200]:
                 msg = (f["error"] or "").replace("|", "\\|").replace("\n", " ")[:300]
                 lines.append(f"| {f['source_uri']} | {f['error_kind']} | {msg} |")
+        if self.ignored:
+            lines += ["", "Ignored under the sources: " + ", ".join(
+                f"{r['count']} {reason}" for reason, r in self.ignored.items())]
         if self.skipped:
             reasons: dict[str, int] = {}
             for k in self.skipped:
@@ -397,13 +413,15 @@ def _indexer_version() -> str:
         return "vxl"
 
 
-def _discover(sources) -> list:
+def _discover(sources, ignored: list[dict] | None = None) -> list:
+    """Sources (strings: folders, globs, manifests, files) -> `tasks.video.Source`s; files found and
+    not taken are appended to `ignored` ({"path", "reason"})."""
     from tasks.video import Source, discover
 
     if all(isinstance(s, Source) for s in sources):
         return list(sources)
     try:
-        return discover([str(s) for s in sources])
+        return discover([str(s) for s in sources], ignored=ignored)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
@@ -431,6 +449,7 @@ def run_index(
     *,
     progress: ProgressFn | None = None,
     reuse_workers: bool = False,
+    ignored: list[dict] | None = None,
 ) -> IndexReport:
     """Index every video of `sources` into `archive`; returns the report. See the module docstring.
 
@@ -442,6 +461,8 @@ def run_index(
             `set_progress_sink` (the CLI's live display), else nothing.
         reuse_workers: keep the encode actors (and a Ray started here) alive for the next run in this
             process (tests); `shutdown_workers()` releases them.
+        ignored: files the discovery of `sources` did not take ({"path", "reason"}), when `sources`
+            were discovered by the caller; otherwise collected here. Reported as `IndexReport.ignored`.
 
     Raises:
         UsageError: bad options, or sources that do not exist.
@@ -453,10 +474,14 @@ def run_index(
     options = options or make_options()
     options.validate()
     t_start = time.perf_counter()
-    srcs = _discover(sources)
+    from tasks.video import ignored_summary
+
+    ignored = [] if ignored is None else list(ignored)
+    srcs = _discover(sources, ignored)
     arch = open_archive_checked(archive)
     info = ensure_ray(options.ray_address)
-    report = IndexReport(total=len(srcs), model=options.model, dashboard_url=info.dashboard_url)
+    report = IndexReport(total=len(srcs), model=options.model, dashboard_url=info.dashboard_url,
+                         ignored=ignored_summary(ignored))
     emit = progress or _PROGRESS_SINK or (lambda p: None)
     pool = None
     try:
@@ -615,7 +640,7 @@ class _Run:
                 j = queue.popleft()
                 meta_ref, frames_ref = decode.remote(
                     j.path, fps=self.opt.fps, max_frames=self.opt.max_frames, frames=self.opt.frames,
-                    model_tag=self.model_tag)
+                    model_tag=self.model_tag, decoder=self.opt.decoder)
                 self.decoding[meta_ref] = (j, frames_ref, time.monotonic())
             # 2. hand decoded videos to the least loaded ready actor
             while self.decoded:
@@ -766,9 +791,11 @@ def _make_prefect_tasks():
     from prefect.cache_policies import NO_CACHE
 
     @task(name="discover-videos", cache_policy=NO_CACHE)
-    def discover_videos(sources: list[str]) -> list[dict]:
-        """Expand folders, globs and manifests into videos (uri, path)."""
-        return [{"uri": s.uri, "path": str(s.path)} for s in _discover(sources)]
+    def discover_videos(sources: list[str]) -> dict:
+        """Expand folders, globs and manifests into videos (uri, path), and the files not taken."""
+        ignored: list[dict] = []
+        videos = [{"uri": s.uri, "path": str(s.path)} for s in _discover(sources, ignored)]
+        return {"videos": videos, "ignored": ignored}
 
     @task(name="open-archive", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE,
           retry_condition_fn=_infra_retry)
@@ -779,13 +806,13 @@ def _make_prefect_tasks():
 
     @task(name="index-videos", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE,
           retry_condition_fn=_infra_retry)
-    def index_videos(videos: list[dict], archive: str, options: dict) -> dict:
+    def index_videos(videos: list[dict], archive: str, options: dict, ignored: list[dict] | None = None) -> dict:
         """The Ray pipeline (`run_index`). A retry after an infrastructure failure resumes: videos
         written by the failed attempt are skipped."""
         from tasks.video import Source
 
         srcs = [Source(uri=v["uri"], path=Path(v["path"])) for v in videos]
-        report = run_index(srcs, archive, options_from_dict(options))
+        report = run_index(srcs, archive, options_from_dict(options), ignored=ignored)
         return dataclasses.asdict(report)
 
     @task(name="index-summary", cache_policy=NO_CACHE)

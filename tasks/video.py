@@ -1,4 +1,4 @@
-"""Video input: discovery, content digests, frame sampling and decoding (decord) with timeouts.
+"""Video input: discovery, content digests, frame sampling and decoding (`tasks.decoders`) with timeouts.
 
 Pure functions, no Prefect or Ray here (tasks wrap them). Heavy imports (decord, av, pyarrow)
 happen inside the functions that need them.
@@ -38,7 +38,12 @@ from pathlib import Path
 
 import numpy as np
 
-VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".mkv", ".mov", ".avi", ".webm")
+#: File suffixes taken as videos in folders and globs (case-insensitive): the containers FFmpeg (and so
+#: PyAV) reads that video libraries hold. Anything else found there is reported as ignored, by reason.
+VIDEO_EXTENSIONS: tuple[str, ...] = (
+    ".mp4", ".m4v", ".mkv", ".mov", ".avi", ".webm", ".mpg", ".mpeg", ".m2v", ".mpe", ".vob", ".ts", ".mts",
+    ".m2ts", ".wmv", ".asf", ".flv", ".f4v", ".3gp", ".3g2", ".ogv", ".mxf", ".dv", ".divx", ".y4m",
+)
 MANIFEST_EXTENSIONS: tuple[str, ...] = (".csv", ".jsonl", ".parquet")
 DIGEST_CHUNK_BYTES = 8 * 1024 * 1024
 # Test hook, read by `decode`: "hang" spins forever holding the GIL (as decord's get_batch does in
@@ -179,7 +184,8 @@ def _uri_to_path(uri: str, base: Path) -> Path:
     return p if p.is_absolute() else base / p
 
 
-def discover(sources: list[str], extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> list[Source]:
+def discover(sources: list[str], extensions: tuple[str, ...] = VIDEO_EXTENSIONS,
+             ignored: list[dict] | None = None) -> list[Source]:
     """Expand folders, globs, manifests and files into a de-duplicated, ordered list of videos.
 
     Each source is one of:
@@ -192,6 +198,10 @@ def discover(sources: list[str], extensions: tuple[str, ...] = VIDEO_EXTENSIONS)
     - any other existing file: that file, as a video.
 
     Order: sources in the given order, each expanded as above; a path seen before is skipped.
+
+    `ignored`, if given, receives one `{"path", "reason"}` per file found under a folder or glob and
+    not taken: reason "not a video extension (.EXT)" or "hidden" (a dot file or one in a dot folder).
+    `ignored_summary` counts them for a report.
 
     Raises:
         ValueError: a source that does not exist or a glob that matches nothing (all such sources
@@ -211,14 +221,20 @@ def discover(sources: list[str], extensions: tuple[str, ...] = VIDEO_EXTENSIONS)
     for src in sources:
         p = Path(src).expanduser()
         if p.is_dir():
-            found = [
-                f
-                for f in p.rglob("*")
-                if _has_ext(f, exts)
-                and f.is_file()
-                and not any(part.startswith(".") for part in f.relative_to(p).parts)
-            ]
-            for f in sorted(found, key=lambda x: x.as_posix()):
+            found = []
+            for f in sorted(p.rglob("*"), key=lambda x: x.as_posix()):
+                if not f.is_file():
+                    continue
+                if any(part.startswith(".") for part in f.relative_to(p).parts):
+                    reason = "hidden"
+                elif not _has_ext(f, exts):
+                    reason = f"not a video extension ({f.suffix.lower() or 'none'})"
+                else:
+                    found.append(f)
+                    continue
+                if ignored is not None:
+                    ignored.append({"path": str(f), "reason": reason})
+            for f in found:
                 add(None, f)
         elif p.is_file():
             if _has_ext(p, MANIFEST_EXTENSIONS):
@@ -232,7 +248,11 @@ def discover(sources: list[str], extensions: tuple[str, ...] = VIDEO_EXTENSIONS)
                 (Path(m) for m in glob.glob(os.path.expanduser(src), recursive=True)),
                 key=lambda x: x.as_posix(),
             )
-            matches = [m for m in matches if m.is_file() and _has_ext(m, exts)]
+            files = [m for m in matches if m.is_file()]
+            matches = [m for m in files if _has_ext(m, exts)]
+            if ignored is not None:
+                ignored.extend({"path": str(m), "reason": f"not a video extension ({m.suffix.lower() or 'none'})"}
+                               for m in files if not _has_ext(m, exts))
             if not matches:
                 missing.append(f"{src} (glob matched no {'/'.join(exts)} files)")
             for m in matches:
@@ -245,6 +265,17 @@ def discover(sources: list[str], extensions: tuple[str, ...] = VIDEO_EXTENSIONS)
             "or .csv/.jsonl/.parquet manifests with a 'uri' column."
         )
     return out
+
+
+def ignored_summary(ignored: list[dict], examples: int = 3) -> dict[str, dict]:
+    """{reason: {"count", "examples": first paths}} of `discover(..., ignored=...)`'s list."""
+    out: dict[str, dict] = {}
+    for item in ignored:
+        r = out.setdefault(item["reason"], {"count": 0, "examples": []})
+        r["count"] += 1
+        if len(r["examples"]) < examples:
+            r["examples"].append(item["path"])
+    return dict(sorted(out.items()))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -334,10 +365,10 @@ class DecodedVideo:
 
     Attributes:
         frames: uint8 (F, H, W, 3) RGB.
-        timestamps: float64 (F,) presentation time of each frame, seconds from the stream start.
-        indices: int64 (F,) frame indices in the video (0-based decode order of frames).
+        timestamps: float64 (F,) presentation time of each frame, seconds from the first frame.
+        indices: int64 (F,) frame positions in presentation order (0 = first frame).
         native_fps: average frame rate reported by the stream, frames/second.
-        frame_count: frames in the video as reported by the container (decord's `len`).
+        frame_count: frames in the stream (demuxed packets with an exact index, else decoded frames).
         duration_s: stream duration in seconds (container metadata, else frame_count / native_fps).
         width, height: frame size in pixels.
         codec: FFmpeg codec name of the video stream, e.g. "h264".
@@ -358,6 +389,10 @@ class DecodedVideo:
     path: str = ""
     decode_s: float = field(default=0.0)
     """wall time of the decode itself, seconds."""
+    decoder: str = "pyav"
+    """the back end that produced the frames (`tasks.decoders.DECODERS`)."""
+    notes: list = field(default_factory=list)
+    """fallbacks and the like, e.g. "decord: ...; used pyav"."""
 
     def probe(self) -> dict:
         """Everything except the arrays, JSON-serialisable."""
@@ -372,6 +407,8 @@ class DecodedVideo:
             "size_bytes": self.size_bytes,
             "num_sampled": int(len(self.indices)),
             "decode_s": self.decode_s,
+            "decoder_backend": self.decoder,
+            "decode_notes": list(self.notes),
         }
 
 
@@ -466,25 +503,34 @@ def decode(
     max_frames: int = 128,
     frames: int | None = None,
     num_threads: int = 0,
+    decoder: str = "pyav",
 ) -> DecodedVideo:
-    """Decode the sampled frames of one video in this process (decord 0.6.0, CPU).
+    """Decode the sampled frames of one video in this process, by presentation time.
 
-    Sampling: `sample_indices(frame_count, native_fps, fps=fps, max_frames=max_frames, frames=frames)`.
-    Use `decode_with_timeout` for untrusted files: decord can hang (dmlc/decord#373) or crash the
-    process, which this function cannot guard against.
+    Sampling (`tasks.decoders.Sampling`): the frames displayed at t = k / `fps` seconds from the first
+    frame (at most `max_frames`, else `max_frames` uniform over the whole video), or exactly `frames`
+    uniform. Back end: `decoder` from `tasks.decoders.DECODERS` (default `pyav`, exact on every file
+    kind tested; others fall back to it where they cannot guarantee exact frames). Use
+    `decode_with_timeout` for untrusted files: a decoder can hang or crash the process.
 
     Args:
         path: a local video file.
-        fps, max_frames, frames: see `sample_indices`.
-        num_threads: decoder threads (0: FFmpeg's automatic choice).
+        fps, max_frames, frames: the sampling.
+        num_threads: unused (kept for callers; decoders use FFmpeg's automatic threading).
+        decoder: back end name.
 
     Returns:
-        DecodedVideo with frames uint8 (F, H, W, 3) RGB, timestamps float64 (F,) seconds, indices int64 (F,).
+        DecodedVideo with frames uint8 (F, H, W, 3) RGB (rotation applied), timestamps float64 (F,)
+        seconds from the first frame (the PTS of the returned frames), indices int64 (F,) positions in
+        presentation order, `decoder` naming the back end that produced them.
 
     Raises:
         DecodeError subclass (`kind`: missing_file, empty_file, not_a_video, no_video_stream,
-        truncated, no_frames, decode_failed); ValueError for impossible sampling arguments.
+        truncated, no_frames, decode_failed); ValueError for impossible sampling arguments or an
+        unknown decoder; `tasks.decoders.BackendUnavailable` for a back end not installed here.
     """
+    from tasks.decoders import InexactDecode, Sampling, decode_frames, index_stream
+
     t0 = time.perf_counter()
     p = Path(path)
     size = _check_file(p)
@@ -496,42 +542,42 @@ def decode(
             pass
     elif fault == "crash":
         os.kill(os.getpid(), signal.SIGKILL)
+    sampling = Sampling(fps=fps, max_frames=max_frames, frames=frames)
+    sampling.validate()
     info = _probe_av(p)
 
-    import decord
+    import av
 
     try:
-        vr = decord.VideoReader(str(p), ctx=decord.cpu(0), num_threads=num_threads)
-    except (RuntimeError, decord.DECORDError) as exc:
-        _raise_truncated_if_short(p, info["declared_frames"], exc)
-        raise DecodeFailed(
-            f"{p}: decord cannot open this {info['codec']} video ({_short(exc)}); "
-            "re-encode it to H.264 MP4 or remove it from the sources",
-            path=p,
-        ) from None
-    frame_count = len(vr)
-    if frame_count < 1:
+        index = index_stream(str(p))
+    except av.error.FFmpegError as exc:
+        raise DecodeFailed(f"{p}: cannot read the video packets ({_short(exc)}); re-encode it", path=p) from None
+    if index.packets == 0:
         raise NoFrames(f"{p}: the video stream has no frames; remove it from the sources", path=p)
-    native_fps = float(vr.get_avg_fps())
-    idx = sample_indices(frame_count, native_fps, fps=fps, max_frames=max_frames, frames=frames)
+    if "mov" in index.container.split(",") and 0 < index.packets < info["declared_frames"]:
+        # MP4/MOV sample tables are authoritative: fewer packets than they list = data missing
+        raise Truncated(
+            f"{p}: truncated: the index promises {info['declared_frames']} frames but only {index.packets} are in "
+            "the file; re-copy or re-download it", path=p)
     try:
-        batch = vr.get_batch(idx.tolist()).asnumpy()
-        ts = np.asarray(vr.get_frame_timestamp(idx.tolist()), dtype=np.float64)[:, 0]
-    except (RuntimeError, decord.DECORDError) as exc:
-        del vr
-        _raise_truncated_if_short(p, frame_count, exc)
-        raise DecodeFailed(
-            f"{p}: decoding failed ({_short(exc)}); re-encode it to H.264 MP4", path=p
-        ) from None
-    if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[0] != len(idx) or batch.shape[3] != 3:
+        out = decode_frames(str(p), sampling, backend=decoder, index=index)
+    except InexactDecode as exc:
+        raise NoFrames(f"{p}: no frame could be decoded ({exc}); re-encode it or remove it", path=p) from None
+    except (av.error.FFmpegError, RuntimeError) as exc:
+        _raise_truncated_if_short(p, info["declared_frames"], exc)
+        raise DecodeFailed(f"{p}: decoding failed ({_short(exc)}); re-encode it to H.264 MP4", path=p) from None
+    batch = out.frames
+    if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[0] != len(out.indices) or batch.shape[3] != 3:
         raise DecodeFailed(f"{p}: decoder returned {batch.dtype} {batch.shape}; re-encode the video", path=p)
-    duration = info["duration_s"] if info["duration_s"] else frame_count / native_fps
+    interval = index.frame_interval_s
+    native_fps = index.avg_fps or (1.0 / interval if interval > 0 else 0.0)
+    duration = info["duration_s"] or (float(out.times[-1]) + interval)
     return DecodedVideo(
         frames=np.ascontiguousarray(batch),
-        timestamps=ts,
-        indices=idx,
-        native_fps=native_fps,
-        frame_count=int(frame_count),
+        timestamps=out.times,
+        indices=out.indices,
+        native_fps=float(native_fps),
+        frame_count=int(out.frame_count),
         duration_s=float(duration),
         width=int(batch.shape[2]),
         height=int(batch.shape[1]),
@@ -539,6 +585,8 @@ def decode(
         size_bytes=size,
         path=str(p),
         decode_s=time.perf_counter() - t0,
+        decoder=out.backend,
+        notes=list(out.notes),
     )
 
 
@@ -634,13 +682,13 @@ def decode_with_timeout(
                 proc.join(5)
                 raise DecodeTimeout(
                     f"{p}: decoding did not finish in {timeout_s:g} s and the worker was killed; the file "
-                    "may be damaged (decord can hang on a wrong frame count) or too long for this "
+                    "may be damaged (a decoder can hang on a wrong frame count) or too long for this "
                     "timeout; re-encode it or raise the decode timeout",
                     path=p,
                 )
             raise DecodeCrashed(
                 f"{p}: the decode worker died (exit code {proc.exitcode}) without an answer; the file "
-                "probably crashes decord; re-encode it to H.264 MP4 or remove it from the sources",
+                "probably crashes the decoder; re-encode it to H.264 MP4 or remove it from the sources",
                 path=p,
             )
         proc.join(10)
@@ -670,6 +718,7 @@ __all__ = [
     "decode",
     "decode_with_timeout",
     "discover",
+    "ignored_summary",
     "sample_indices",
     "video_id",
 ] + [c.__name__ for c in ERROR_KINDS.values()]

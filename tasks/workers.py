@@ -149,7 +149,7 @@ def load_encoder(model: str, spec: PlanSpec, device: str | None = None) -> Encod
 
 
 def decode_job(path: str, *, fps: float, max_frames: int, frames: int | None, model_tag: str = "",
-               timeout_s: float | None = None) -> tuple[dict, np.ndarray | None]:
+               timeout_s: float | None = None, decoder: str = "pyav") -> tuple[dict, np.ndarray | None]:
     """Decode one video in this (Ray worker) process; never raises for a bad file.
 
     The Ray task is the unit that can be killed: the driver cancels it with `ray.cancel(force=True)`
@@ -167,9 +167,10 @@ def decode_job(path: str, *, fps: float, max_frames: int, frames: int | None, mo
 
     try:
         if timeout_s is None:
-            dv = decode(path, fps=fps, max_frames=max_frames, frames=frames)
+            dv = decode(path, fps=fps, max_frames=max_frames, frames=frames, decoder=decoder)
         else:
-            dv = decode_with_timeout(path, timeout_s=timeout_s, fps=fps, max_frames=max_frames, frames=frames)
+            dv = decode_with_timeout(path, timeout_s=timeout_s, fps=fps, max_frames=max_frames, frames=frames,
+                                     decoder=decoder)
     except DecodeError as exc:
         return {"ok": False, "error_kind": exc.kind, "error": str(exc)}, None
     except ValueError as exc:  # sampling arguments impossible for this file (e.g. fps with no frame rate)
@@ -178,8 +179,9 @@ def decode_job(path: str, *, fps: float, max_frames: int, frames: int | None, mo
 
     record_frames_decoded(len(dv.indices), model_tag)
     meta = dv.probe()
+    dist = {"pyav": "av"}.get(dv.decoder, dv.decoder)
     meta.update(ok=True, indices=[int(i) for i in dv.indices], timestamps=[float(t) for t in dv.timestamps],
-                decoder=f"decord {version('decord')}")
+                decoder=f"{dv.decoder} {version(dist)}")
     return meta, dv.frames
 
 
