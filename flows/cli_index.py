@@ -87,8 +87,9 @@ def index(
     force: bool = typer.Option(False, "--force", help="Re-index videos already in the archive for this model."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Retry videos whose indexing failed before."),
     decode_timeout: float = typer.Option(120.0, "--decode-timeout", help="Kill a video's decode after S seconds."),
-    decoder: str = typer.Option("pyav", "--decoder", help="Video decoder: 'pyav' (frame-exact, default), 'decord' "
-                                "or 'torchcodec' (optional); both fall back to pyav where they are not exact."),
+    decoder: str = typer.Option("auto", "--decoder", help="Video decoder: 'auto' (torchcodec where installed, else "
+                                "pyav), 'pyav', 'decord' or 'torchcodec'; each falls back to pyav where it is not "
+                                "frame-exact."),
     accept_numerics_change: bool = typer.Option(
         False, "--accept-numerics-change", help="Accept (and record in the archive) a numerics change: this "
         "environment's probe differs from the one the archive's memories were computed with."),

@@ -37,7 +37,7 @@ def index_corpus(
     force: bool = False,
     retry_failed: bool = False,
     decode_timeout_s: float = 120.0,
-    decoder: str = "pyav",
+    decoder: str = "auto",
     accept_numerics_change: bool = False,
 ) -> dict:
     """Index every video of `sources` (folders, globs, .csv/.jsonl/.parquet manifests with a `uri`
@@ -60,7 +60,8 @@ def index_corpus(
         force: re-index videos already in the archive for this model.
         retry_failed: retry videos that failed before.
         decode_timeout_s: kill a decode after this many seconds.
-        decoder: video decoder back end ("pyav", the frame-exact default; "decord"; "torchcodec").
+        decoder: video decoder: "auto" (torchcodec where installed, else pyav), "pyav", "decord" or
+            "torchcodec"; all frame-exact (each falls back to pyav where it is not).
         accept_numerics_change: accept (and record) a worker whose numerics probe differs from the
             archive's, instead of stopping with `NumericsChanged` (docs/OPERATIONS.md, "Numerics canary").
 

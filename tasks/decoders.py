@@ -17,11 +17,12 @@ exactly the frames a sequential decode shows at those times, or raise `InexactDe
 `decode_frames` falls back to `pyav` (which is exact by construction: it only ever seeks to a
 keyframe that the demuxer's index names and checks every frame's PTS against that index).
 
-Back ends (`DECODERS`): `pyav` (default; FFmpeg through PyAV, bundled in its wheel), `decord`
+Back ends (`DECODERS`): `pyav` (FFmpeg through PyAV, bundled in its wheel), `decord`
 (0.6.0; refused for AVI/MPEG program streams, where it returns other frames, and checked by PTS
 elsewhere), `torchcodec` (optional: needs `pip install torchcodec` and FFmpeg's shared libraries
 from the system, e.g. Debian's `ffmpeg`; exact seek mode, checked by PTS). The choice and the
-numbers: docs/PERFORMANCE.md, "Decoding".
+numbers: docs/PERFORMANCE.md, "Decoding". The default, `auto`, is torchcodec where it is installed,
+else pyav (`DEFAULT_DECODER`).
 """
 
 from __future__ import annotations
@@ -375,13 +376,28 @@ class TorchCodecDecoder:
 
 
 DECODERS: dict[str, type] = {"pyav": PyAVDecoder, "decord": DecordDecoder, "torchcodec": TorchCodecDecoder}
-DEFAULT_DECODER = "pyav"
+#: `auto`: torchcodec where it is installed (with FFmpeg's libraries), else pyav. Both are exact on
+#: every file kind of the corpus (torchcodec falls back to pyav where its seeks are not, and returned
+#: bit-identical RGB frames on every row of bench/decode.py); torchcodec was 1.4-5x faster on seekable
+#: files (docs/PERFORMANCE.md, "Decoding"). pyav needs nothing outside the lock, so `auto` never needs
+#: torchcodec.
+DEFAULT_DECODER = "auto"
+CHOICES = ("auto", *DECODERS)
+
+
+def resolve_backend(backend: str) -> str:
+    """`auto` -> the back end it stands for here; other names unchanged (ValueError if unknown)."""
+    if backend == "auto":
+        return "torchcodec" if TorchCodecDecoder.available() is None else "pyav"
+    if backend not in DECODERS:
+        raise ValueError(f"unknown decoder {backend!r}; one of {list(CHOICES)}")
+    return backend
 
 
 def decode_frames(path: str | os.PathLike, sampling: Sampling, backend: str = DEFAULT_DECODER,
                   index: StreamIndex | None = None) -> Decoded:
-    """Sample `path` by presentation time with `backend`; falls back to `pyav` when the back end
-    cannot guarantee exact frames for this file (`Decoded.notes` says so).
+    """Sample `path` by presentation time with `backend` (`auto` or a `DECODERS` name); falls back to
+    `pyav` when the back end cannot guarantee exact frames for this file (`Decoded.notes` says so).
 
     Raises:
         ValueError: unknown back end, impossible sampling.
@@ -389,8 +405,7 @@ def decode_frames(path: str | os.PathLike, sampling: Sampling, backend: str = DE
         InexactDecode: only if `pyav` itself cannot decode the stream to any frame.
         av.error.FFmpegError / RuntimeError: decoder errors (mapped to `DecodeError`s by `tasks.video`).
     """
-    if backend not in DECODERS:
-        raise ValueError(f"unknown decoder {backend!r}; one of {sorted(DECODERS)}")
+    backend = resolve_backend(backend)
     sampling.validate()
     dec = DECODERS[backend]()
     why = dec.available()

@@ -57,7 +57,8 @@ class IndexOptions:
         max_attempts: encode attempts per video when workers die (then `worker_crashed`).
         in_flight_per_worker: encode calls queued per actor (2: the next video's frames arrive
             while the current one encodes).
-        decoder: video decoder back end (`tasks.decoders.DECODERS`; default `pyav`, frame-exact).
+        decoder: video decoder back end: "auto" (torchcodec where installed, else pyav) or a name from
+            `tasks.decoders.DECODERS`; all are frame-exact (fallback to pyav).
         accept_numerics_change: a worker whose numerics probe differs from the archive's is accepted
             and the change recorded (`tasks.numerics`), instead of stopping the run (exit status 4).
     """
@@ -74,7 +75,7 @@ class IndexOptions:
     decode_timeout_s: float = 120.0
     max_attempts: int = 3
     in_flight_per_worker: int = 2
-    decoder: str = "pyav"
+    decoder: str = "auto"
     accept_numerics_change: bool = False
 
     def settings(self) -> dict:
@@ -106,10 +107,10 @@ class IndexOptions:
             raise UsageError(f"--frames must be >= 1, got {self.frames}")
         if self.workers is not None and self.workers < 1:
             raise UsageError(f"--workers must be >= 1, got {self.workers}")
-        from tasks.decoders import DECODERS
+        from tasks.decoders import CHOICES
 
-        if self.decoder not in DECODERS:
-            raise UsageError(f"--decoder must be one of {sorted(DECODERS)}, got {self.decoder!r}")
+        if self.decoder not in CHOICES:
+            raise UsageError(f"--decoder must be one of {list(CHOICES)}, got {self.decoder!r}")
         if not (self.decode_timeout_s > 0):
             raise UsageError(f"--decode-timeout must be > 0 seconds, got {self.decode_timeout_s}")
         if self.model != "tiny" and not Path(self.model).is_dir():

@@ -503,14 +503,14 @@ def decode(
     max_frames: int = 128,
     frames: int | None = None,
     num_threads: int = 0,
-    decoder: str = "pyav",
+    decoder: str = "auto",
 ) -> DecodedVideo:
     """Decode the sampled frames of one video in this process, by presentation time.
 
     Sampling (`tasks.decoders.Sampling`): the frames displayed at t = k / `fps` seconds from the first
     frame (at most `max_frames`, else `max_frames` uniform over the whole video), or exactly `frames`
-    uniform. Back end: `decoder` from `tasks.decoders.DECODERS` (default `pyav`, exact on every file
-    kind tested; others fall back to it where they cannot guarantee exact frames). Use
+    uniform. Back end: `decoder`, "auto" (torchcodec where installed, else pyav) or a name from
+    `tasks.decoders.DECODERS`; each falls back to pyav where it cannot guarantee exact frames. Use
     `decode_with_timeout` for untrusted files: a decoder can hang or crash the process.
 
     Args:

@@ -149,7 +149,7 @@ def load_encoder(model: str, spec: PlanSpec, device: str | None = None) -> Encod
 
 
 def decode_job(path: str, *, fps: float, max_frames: int, frames: int | None, model_tag: str = "",
-               timeout_s: float | None = None, decoder: str = "pyav") -> tuple[dict, np.ndarray | None]:
+               timeout_s: float | None = None, decoder: str = "auto") -> tuple[dict, np.ndarray | None]:
     """Decode one video in this (Ray worker) process; never raises for a bad file.
 
     The Ray task is the unit that can be killed: the driver cancels it with `ray.cancel(force=True)`

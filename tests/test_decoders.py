@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from decode_corpus import frame_number, make_corpus, sequential_reference
 
-from tasks.decoders import DECODERS, BackendUnavailable, Sampling, decode_frames, index_stream, select
+from tasks import decoders
+from tasks.decoders import DECODERS, BackendUnavailable, Sampling, decode_frames, index_stream, resolve_backend, select
 from tasks.video import decode, discover, ignored_summary
 
 pytestmark = pytest.mark.timeout(600)
@@ -69,8 +70,14 @@ def test_frames_are_the_ones_displayed_at_the_returned_times(corpus, backend, na
 def test_default_is_exact_everywhere_and_others_fall_back_where_they_are_not(corpus):
     for name in FILES:
         path, times, numbers = corpus[name]
-        out = decode_frames(path, Sampling(frames=16))
-        assert out.backend == "pyav" and not out.notes, name
+        out = decode_frames(path, Sampling(frames=16))  # "auto"
+        got = [frame_number(_upright(name, f)) for f in out.frames]
+        assert got == numbers[np.searchsorted(times, out.times + 1e-6, side="right") - 1].tolist(), name
+        assert out.backend in ("pyav", "torchcodec"), name
+        pyav = decode_frames(path, Sampling(frames=16), backend="pyav")
+        assert pyav.backend == "pyav" and not pyav.notes, name  # pyav never needs a fallback
+        # whichever back end `auto` picks, the RGB frames are the same bits (memories do not depend on it)
+        assert np.array_equal(out.frames, pyav.frames) and np.array_equal(out.times, pyav.times), name
     fallbacks = {}
     for name in FILES:
         out = decode_frames(corpus[name][0], Sampling(frames=16), backend="decord")
@@ -116,6 +123,16 @@ def test_sampling_by_time_equals_videoxl_index_rules_at_constant_rate():
         assert select(pts, Sampling(frames=n).targets(pts[-1], 1 / 8)).tolist() == want.tolist()
     want = np.unique(np.floor(np.arange(13) * 8 / 1.0).astype(int))  # 1 fps: floor(k * native / fps)
     assert select(pts, Sampling(fps=1.0).targets(pts[-1], 1 / 8)).tolist() == want.tolist()
+
+
+def test_auto_is_torchcodec_only_where_it_is_installed(monkeypatch):
+    monkeypatch.setattr(decoders.TorchCodecDecoder, "available", staticmethod(lambda: "not installed"))
+    assert resolve_backend("auto") == "pyav"
+    monkeypatch.setattr(decoders.TorchCodecDecoder, "available", staticmethod(lambda: None))
+    assert resolve_backend("auto") == "torchcodec"
+    assert resolve_backend("decord") == "decord"
+    with pytest.raises(ValueError, match="unknown decoder 'nope'; one of \\['auto', 'pyav', 'decord', 'torchcodec'\\]"):
+        resolve_backend("nope")
 
 
 def test_torchcodec_absent_is_a_clear_error_or_works(corpus):
