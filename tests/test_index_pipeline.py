@@ -93,6 +93,10 @@ def test_bad_corpus_then_rerun_is_a_noop(ray_session, corpus, tmp_path):
     assert {n for n, r in reasons.items() if r == "indexed"} == good
     assert {n for n, r in reasons.items() if r == "failed_before"} == set(_kinds(rep)) - {"doomed.mp4"}
     assert len(arch.list_videos()) == 10  # no duplicates
+    # the samples' ground-truth JSON files are reported as ignored, not silently dropped
+    others = sorted(str(p) for p in corpus.rglob("*") if p.is_file() and p.suffix != ".mp4")
+    assert others and again.to_json()["ignored"] == {
+        "not a video extension (.json)": {"count": len(others), "examples": others[:3]}}
 
 
 def test_fixed_chunking_frames_and_retry_failed(ray_session, corpus, tmp_path):
