@@ -12,7 +12,15 @@ import pytest
 from decode_corpus import frame_number, make_corpus, sequential_reference
 
 from tasks import decoders
-from tasks.decoders import DECODERS, BackendUnavailable, Sampling, decode_frames, index_stream, resolve_backend, select
+from tasks.decoders import (
+    DECODERS,
+    BackendUnavailable,
+    Sampling,
+    decode_frames,
+    index_stream,
+    resolve_backend,
+    select,
+)
 from tasks.video import decode, discover, ignored_summary
 
 pytestmark = pytest.mark.timeout(600)
