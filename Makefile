@@ -33,7 +33,7 @@ install: $(BIN)/vxl
 
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 demo: install
 	$(BIN)/vxl demo
