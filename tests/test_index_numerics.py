@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tasks.decoders import resolve_backend
 from tasks.index import make_options, run_index
 
 pytestmark = [pytest.mark.fidelity, pytest.mark.timeout(600)]
@@ -79,7 +80,8 @@ def test_provenance_drift_and_canary(ray_faults, fault_file, sample_dir, tmp_pat
         for dist in ("torch", "transformers", "tokenizers", "decord"):
             assert lib[dist] == metadata.version(dist), dist
         assert lib["cuda"] == "cpu" and lib["device"].startswith("cpu")
-        assert lib["decoder"] == f"decord {metadata.version('decord')}"
+        used = resolve_backend("auto")  # the default decoder: pyav, or torchcodec where installed
+        assert lib["decoder"] == f"{used} {metadata.version({'pyav': 'av'}.get(used, used))}"
     from model.probe import compare_probes, compute_probe
 
     ref = arch.reference_probe(tiny_vx.fingerprint)
