@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 # Its own version is pinned here and in the lock (dev extra), so the bootstrap and the sync agree.
 UV_VERSION := 0.13.9
 UV := $(BIN)/uv
+# Optional extras from pyproject.toml to install too (all pinned by the lock), e.g. EXTRAS="dev torchcodec".
+EXTRAS ?= dev
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 # uv trusts its bundled roots; use the system's store where there is one (as pip here does).
@@ -24,7 +26,7 @@ SHELL := bash
 $(BIN)/vxl: pyproject.toml uv.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -q "uv==$(UV_VERSION)"
-	$(UV) sync --locked --extra dev
+	$(UV) sync --locked $(addprefix --extra ,$(EXTRAS))
 	$(BIN)/python -c "import model, storage, tasks, flows, vico_synth, torch, lancedb, ray, prefect, decord, open_clip"
 	$(BIN)/python -m model.environment --check
 	touch $(BIN)/vxl

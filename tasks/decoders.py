@@ -19,8 +19,8 @@ keyframe that the demuxer's index names and checks every frame's PTS against tha
 
 Back ends (`DECODERS`): `pyav` (FFmpeg through PyAV, bundled in its wheel), `decord`
 (0.6.0; refused for AVI/MPEG program streams, where it returns other frames, and checked by PTS
-elsewhere), `torchcodec` (optional: needs `pip install torchcodec` and FFmpeg's shared libraries
-from the system, e.g. Debian's `ffmpeg`; exact seek mode, checked by PTS). The choice and the
+elsewhere), `torchcodec` (optional: `make -B install EXTRAS="dev torchcodec"` and FFmpeg's shared
+libraries from the system, e.g. Debian's `ffmpeg`; exact seek mode, checked by PTS). The choice and the
 numbers: docs/PERFORMANCE.md, "Decoding". The default, `auto`, is torchcodec where it is installed,
 else pyav (`DEFAULT_DECODER`).
 """
@@ -352,8 +352,8 @@ class TorchCodecDecoder:
         try:
             import torchcodec.decoders  # noqa: F401
         except ImportError:
-            return ("torchcodec is not installed: `uv pip install torchcodec` (0.15 matches torch 2.15) and FFmpeg's "
-                    "shared libraries from the system (Debian: apt-get install ffmpeg)")
+            return ("torchcodec is not installed: `make -B install EXTRAS=\"dev torchcodec\"` (torchcodec 0.15, "
+                    "pinned by the lock) and FFmpeg's shared libraries from the system (Debian: apt-get install ffmpeg)")
         except (OSError, RuntimeError) as exc:  # installed, but FFmpeg's libraries are missing
             return f"torchcodec cannot load FFmpeg's libraries ({str(exc)[:200]}); install them (apt-get install ffmpeg)"
         return None
