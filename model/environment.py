@@ -24,7 +24,7 @@ TESTED_TRANSFORMERS = ("5.23.0", "5.24.0")
 #: distributions recorded on every memory (besides python, CUDA, cuDNN and the device).
 RECORDED = ("torch", "transformers", "tokenizers", "safetensors", "numpy")
 #: video decoders; the one that decoded a video is named by the decode step, all installed are recorded.
-DECODERS = ("decord", "av", "torchcodec")
+DECODER_DISTS = ("decord", "av", "torchcodec")
 
 
 class UpstreamDriftError(Exception):
@@ -73,7 +73,7 @@ def library_versions(device=None) -> dict[str, str]:
     import torch
 
     out = {"python": platform.python_version()}
-    out.update({d: version_of(d) for d in RECORDED + DECODERS})
+    out.update({d: version_of(d) for d in RECORDED + DECODER_DISTS})
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if dev.type == "cuda":
         out["cuda"] = str(torch.version.cuda)

@@ -331,28 +331,24 @@ def sample_indices(
         every frame). If `count > max_frames`, the uniform formula with `n = max_frames` is used
         instead (whole video covered, fewer frames per second).
 
+    These are the presentation-time rules of `tasks.decoders` (the ones decoding uses) applied to a
+    constant frame rate: one implementation of sampling, stated here in Video-XL's index terms.
+
     Raises:
         ValueError: num_frames < 1, frames < 1, max_frames < 1, fps <= 0, or (rate mode)
             native_fps <= 0 / not finite.
     """
+    from tasks.decoders import Sampling, select
+
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    if frames is not None:
-        if frames < 1:
-            raise ValueError(f"frames must be >= 1, got {frames}")
-        return np.linspace(0, num_frames - 1, min(int(frames), num_frames), dtype=int).astype(np.int64)
-    if max_frames < 1:
-        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
-    if not (fps > 0 and math.isfinite(fps)):
-        raise ValueError(f"fps must be > 0, got {fps}")
-    if not (native_fps > 0 and math.isfinite(native_fps)):
+    sampling = Sampling(fps=fps, max_frames=max_frames, frames=frames)
+    sampling.validate()
+    if frames is None and not (native_fps > 0 and math.isfinite(native_fps)):
         raise ValueError(f"native fps must be > 0 to sample by rate, got {native_fps}; use frames=N instead")
-    step = native_fps / fps  # native frames per sample
-    count = max(1, math.ceil(num_frames / step - 1e-9))
-    if count > max_frames:
-        return np.linspace(0, num_frames - 1, min(max_frames, num_frames), dtype=int).astype(np.int64)
-    idx = np.floor(np.arange(count, dtype=np.float64) * step + 1e-9).astype(np.int64)
-    return np.unique(np.clip(idx, 0, num_frames - 1))
+    interval = 1.0 / native_fps if frames is None else 1.0  # uniform sampling is scale-free
+    pts = np.arange(num_frames, dtype=np.float64) * interval  # constant frame rate
+    return select(pts, sampling.targets(float(pts[-1]), interval))
 
 
 # ----------------------------------------------------------------------------------------------
