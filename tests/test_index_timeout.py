@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent("""
     from tasks.index import make_options, run_index
     from tasks.ray_runtime import ensure_ray, shutdown_if_started
     info = ensure_ray(num_cpus=2, include_dashboard=False)
-    rep = run_index([{videos!r}], {archive!r}, make_options("tiny", max_frames=6, workers=1, decode_timeout_s=4.0))
+    rep = run_index([{videos!r}], {archive!r}, make_options("tiny", max_frames=6, workers=1, decode_timeout_s=12.0))
     print(json.dumps({{"exit": rep.exit_code, "indexed": [v["source_uri"] for v in rep.indexed],
                       "failed": rep.failed}}))
     shutdown_if_started(info)
@@ -36,6 +36,8 @@ def test_stuck_or_crashing_decode_is_reported_and_the_run_finishes(tmp_path, fau
 
     videos = tmp_path / "videos"
     make_sample_videos(videos, count=1, seconds=4.0, seed=5)
+    # decode timeout 12 s (was 4 s): it counts from submission, so it includes a cold Ray worker start,
+    # which took over 4 s on 2 loaded cores (a good file was reported as timed out)
     shutil.copy(videos / "sample_00.mp4", videos / "stuck.mp4")
     with open(videos / "stuck.mp4", "ab") as f:
         f.write(b"\0")  # another video id
