@@ -82,7 +82,14 @@ def tiny_tokenizer():
 
 
 def load_tokenizer(folder: str | Path):
-    """The tokenizer saved in a checkpoint folder (transformers `AutoTokenizer`, local files only).
+    """The tokenizer saved in a checkpoint folder (local files only).
+
+    `tokenizer.json` when there is one, exactly as written (`PreTrainedTokenizerFast`): transformers
+    5's `AutoTokenizer` maps `model_type` "qwen2" to `Qwen2Tokenizer`, which keeps the file's
+    vocabulary and merges but imposes Qwen2's normaliser and pre-tokenizer; for Video-XL's own
+    (Qwen2) tokenizer.json that is the same tokenizer, for another one (`tiny`) it would split
+    digits and non-NFC text differently from the model that was saved. Otherwise vocab.json +
+    merges.txt through `AutoTokenizer`.
 
     Raises:
         FileNotFoundError: the folder has neither tokenizer.json nor vocab.json + merges.txt.
@@ -93,6 +100,10 @@ def load_tokenizer(folder: str | Path):
             f"{folder}: no tokenizer.json or vocab.json + merges.txt; copy the Qwen2 tokenizer files of "
             "the checkpoint into this folder"
         )
+    if (folder / "tokenizer.json").is_file():
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(str(folder), local_files_only=True)
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)

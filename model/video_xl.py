@@ -112,11 +112,14 @@ class VideoXL:
                 "device": str(self.device), "layers": self.config.num_hidden_layers,
                 "kv_heads": self.config.num_key_value_heads, "head_dim": self.config.head_dim_}
 
-    def save_pretrained(self, folder: str | Path, max_shard_bytes: int = 2**30) -> Path:
-        """Write this model as a Video-XL-layout checkpoint folder (see `model.checkpoint.save_checkpoint`)."""
+    def save_pretrained(self, folder: str | Path, max_shard_bytes: int = 2**30,
+                        extra_config: dict | None = None) -> Path:
+        """Write this model as a checkpoint folder in the original Video-XL layout; `extra_config` is
+        merged into config.json (see `model.checkpoint.save_checkpoint`). `load_model(folder)` loads it."""
         from .checkpoint import save_checkpoint
 
-        return save_checkpoint(self.model, self.tokenizer, folder, max_shard_bytes=max_shard_bytes)
+        return save_checkpoint(self.model, self.tokenizer, folder, max_shard_bytes=max_shard_bytes,
+                               extra_config=extra_config)
 
     # -- text -----------------------------------------------------------------------------------
     def _encode_text(self, text: str) -> list[int]:

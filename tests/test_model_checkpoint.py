@@ -35,7 +35,7 @@ def test_saved_folder_has_video_xl_layout(saved):
     assert "model.mm_projector.0.weight" in keys and "model.mm_projector.2.bias" in keys
     assert any(k.startswith("model.vision_tower.vision_tower.vision_model.encoder.layers.") for k in keys)
     cfg = json.loads((saved / "config.json").read_text())
-    assert cfg["model_type"] == "llava_qwen" and cfg["mm_vision_tower"] == "clip_config"
+    assert cfg["model_type"] == "qwen2" and cfg["mm_vision_tower"] == "clip_config"  # as the original writes it
     assert (saved / "clip_config" / "config.json").is_file()
     assert (saved / "tokenizer.json").is_file()
 
