@@ -68,7 +68,7 @@ def index(
                                              "manifests with a 'uri' column."),
     archive: str = typer.Option(None, "--archive", "-a", help="Archive URI (folder or s3://...). "
                                                             "Default: $VXL_ARCHIVE."),
-    model: str = typer.Option("tiny", "--model", help="'tiny' or a local Video-XL checkpoint folder."),
+    model: str = typer.Option("tiny", "--model", help="'tiny', 'toy' (trained, shipped) or a local Video-XL checkpoint folder."),
     fps: float = typer.Option(1.0, "--fps", help="Sampled frames per second of video."),
     max_frames: int = typer.Option(128, "--max-frames", help="At most this many frames per video (uniform when capped)."),
     frames: int = typer.Option(None, "--frames", help="Exactly N frames, uniform over the whole video (overrides --fps)."),

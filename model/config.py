@@ -264,3 +264,46 @@ def tiny_config() -> VideoXLConfig:
     )
     cfg.check_supported()
     return cfg
+
+
+def toy_config(vocab_size: int, bos_token_id: int, eos_token_id: int) -> VideoXLConfig:
+    """The `toy` model's architecture: Video-XL's mechanism at a size that trains on 2 CPU cores.
+
+    64 px frames, patch 8 -> 8x8 patches, 2x2 pooling -> 16 visual tokens per frame; windows of
+    128 visual tokens (8 frames); ratios up to 16 give every frame at least one VST. Qwen2 hidden
+    128, 4 layers, 4 heads, 2 KV heads (head_dim 32); CLIP hidden 64, 2 layers. Chosen so that
+    `vxl train` reaches the issue-12 accuracy in under 30 minutes on 2 CPU cores
+    (docs/EVALUATION.md); nothing in the code depends on these values.
+
+    Args:
+        vocab_size: rows of the embedding and LM head (the tokenizer's size, special tokens included).
+        bos_token_id, eos_token_id: `<|endoftext|>` and `<|im_end|>` ids of the tokenizer.
+    """
+    vision = dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        image_size=64, patch_size=8, projection_dim=64, hidden_act="quick_gelu", layer_norm_eps=1e-5,
+    )
+    cfg = VideoXLConfig(
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rope_theta=1e4,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=None,
+        beacon_window=128,
+        beacon_stride=128,
+        beacon_ratio=[2, 4, 8, 12, 16],
+        mm_hidden_size=64,
+        mm_vision_tower="vxl-toy-clip",
+        vision_config=vision,
+        image_processor=_preprocessor({}, 64),
+    )
+    cfg.check_supported()
+    return cfg

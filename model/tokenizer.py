@@ -46,36 +46,47 @@ def _tiny_corpus() -> list[str]:
     return lines
 
 
-@functools.lru_cache(maxsize=1)
-def _tiny_tokenizer_json() -> str:
+def bpe_tokenizer_json(corpus: list[str], vocab_size: int) -> str:
+    """A byte-level BPE trained on `corpus` (deterministic), with Qwen2's ChatML special tokens
+    appended after the `vocab_size` learned tokens (ids `vocab_size`, `+1`, `+2`), as JSON."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=512,
+        vocab_size=vocab_size,
         min_frequency=1,
         show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         special_tokens=[],
     )
-    tok.train_from_iterator(_tiny_corpus(), trainer=trainer)
+    tok.train_from_iterator(corpus, trainer=trainer)
     tok.add_special_tokens(list(SPECIAL_TOKENS))
     return tok.to_str()
 
 
-def tiny_tokenizer():
-    """The `tiny` model's tokenizer (`PreTrainedTokenizerFast`), identical in every process."""
+def fast_tokenizer(tokenizer_json: str):
+    """`PreTrainedTokenizerFast` over a `bpe_tokenizer_json` result, ChatML tokens registered."""
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(_tiny_tokenizer_json()),
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(tokenizer_json),
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         additional_special_tokens=["<|im_start|>", "<|im_end|>"],
     )
+
+
+@functools.lru_cache(maxsize=1)
+def _tiny_tokenizer_json() -> str:
+    return bpe_tokenizer_json(_tiny_corpus(), 512)
+
+
+def tiny_tokenizer():
+    """The `tiny` model's tokenizer (`PreTrainedTokenizerFast`), identical in every process."""
+    tok = fast_tokenizer(_tiny_tokenizer_json())
     ids = tok.convert_tokens_to_ids(list(SPECIAL_TOKENS))
     assert ids == [512, 513, 514], ids
     return tok

@@ -143,6 +143,18 @@ class VideoXL:
             raise ValueError("frames is empty: a video needs at least one frame")
         return frames
 
+    def model_frames(self, frames) -> torch.Tensor:
+        """uint8 `(F, H, W, 3)` -> uint8 `(F, S, S, 3)` on the model's device: the resize (shortest
+        side, bicubic) and center crop of `preprocess`, without the normalisation. Frames already
+        `S x S` pass unchanged, so cached model frames (training) give what the video gives."""
+        frames = self._check_frames(frames)
+        s = self.config.image_processor["crop_size"]
+        if tuple(frames.shape[1:3]) == (s, s):
+            return frames.to(self.device)
+        chw = frames.permute(0, 3, 1, 2).to(self.device)  # (F, 3, H, W) uint8
+        out = self._resize_crop(images=list(chw), return_tensors="pt", device=self.device)["pixel_values"]
+        return out.permute(0, 2, 3, 1).contiguous()  # (F, S, S, 3) uint8
+
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """CLIP preprocessing of uint8 `(F, H, W, 3)` frames -> `(F, 3, S, S)` in the model's dtype.
 
@@ -151,10 +163,7 @@ class VideoXL:
         (bit-identical to the oracle's pixel values).
         """
         pre = self.config.image_processor
-        chw = frames.permute(0, 3, 1, 2).to(self.device)  # (F, 3, H, W) uint8
-        s = pre["crop_size"]
-        if chw.shape[-2:] != (s, s):
-            chw = self._resize_crop(images=list(chw), return_tensors="pt", device=self.device)["pixel_values"]
+        chw = self.model_frames(frames).permute(0, 3, 1, 2)  # (F, 3, S, S) uint8
         mean = torch.tensor(pre["image_mean"], device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(pre["image_std"], device=self.device).view(1, 3, 1, 1)
         x = (chw.float() / 255.0 - mean) / std  # (F, 3, S, S) float32
@@ -163,6 +172,10 @@ class VideoXL:
     @torch.inference_mode()
     def vision_features(self, frames) -> torch.Tensor:
         """Visual tokens of `frames` (uint8 `(F, H, W, 3)`): `(F * N, C)`, N = 144, in bounded batches."""
+        return self._vision_features(frames)
+
+    def _vision_features(self, frames) -> torch.Tensor:
+        """`vision_features` under the caller's grad mode (training runs it with gradients)."""
         frames = self._check_frames(frames)
         out = []
         for s in range(0, frames.shape[0], self.vision_batch_frames):
@@ -203,6 +216,20 @@ class VideoXL:
             ValueError: wrong frame dtype/shape, empty frames, a plan that does not cover the
                 frames, timestamps of the wrong length.
         """
+        return self.encode_memory(frames, plan, timestamps)
+
+    def encode_memory(self, frames, plan: ChunkPlan, timestamps=None, *, checkpoint_windows: bool = False) -> VSTMemory:
+        """`encode` under the caller's grad mode: the one implementation of the encode loop.
+
+        Training (`model.training`) calls it with gradients enabled, so the loss reaches every
+        earlier window through the kept VST K/V. With `checkpoint_windows`, each window's pass is
+        recomputed in the backward pass (`torch.utils.checkpoint`, non-reentrant): activation memory
+        is one window's instead of the video's, at the cost of a second forward per window. The
+        checkpointed pass rebuilds the rotated cache from the memory so far (the same tensors the
+        incremental cache holds), so it computes exactly what the uncheckpointed pass computes.
+
+        Args and errors: as `encode`.
+        """
         frames = self._check_frames(frames)
         f = int(frames.shape[0])
         plan.validate(f, self.config.beacon_window)
@@ -224,16 +251,20 @@ class VideoXL:
         n_tok = self.config.tokens_per_frame
         windows, kvs = [], []
         for idx, (w, (n_vst, carry)) in enumerate(zip(plan.windows, plan.layout(), strict=True)):
-            feats = self.vision_features(frames[w.frame_start : w.frame_end])  # (n, C)
+            feats = self._vision_features(frames[w.frame_start : w.frame_end])  # (n, C)
             is_vst = vst_positions(feats.shape[0], w.ratio, carry).to(self.device)  # (n + n_vst,)
-            x = feats.new_empty(is_vst.shape[0], feats.shape[1])
-            x[~is_vst] = feats
-            x[is_vst] = beacon
+            x = torch.zeros(is_vst.shape[0], feats.shape[1], dtype=feats.dtype, device=feats.device)
+            x = x.masked_scatter(~is_vst.unsqueeze(1), feats)  # visual tokens in order
+            x = torch.where(is_vst.unsqueeze(1), beacon.to(x.dtype), x)  # VSTs: the beacon embedding
             m = cache.get_seq_length()
-            cap = VSTCapture(is_vst=is_vst, keep=is_vst)
-            model.step(x.unsqueeze(0), cache, cap)
+            if checkpoint_windows and torch.is_grad_enabled():
+                from torch.utils.checkpoint import checkpoint
+
+                memory_so_far = torch.cat([sink, *kvs], dim=3)  # (L, 2, Hkv, m, D)
+                kv = checkpoint(self._window_pass_fresh, memory_so_far, x, is_vst, use_reentrant=False)
+            else:
+                kv = self._window_pass(cache, x, is_vst)
             truncate_cache(cache, m)  # drop the window's raw tokens (and the VSTs at their window positions)
-            kv = _stack(cap)  # (L, 2, Hkv, n_vst, D)
             append_rotated(model, cache, kv, start=m)  # VSTs at their memory positions
             kvs.append(kv)
             windows.append(WindowSpan(
@@ -244,6 +275,17 @@ class VideoXL:
             ))
             assert kv.shape[3] == n_vst and n_tok * w.num_frames == feats.shape[0]
         return VSTMemory(sink=sink, window_kv=kvs, windows=windows, fingerprint=self.fingerprint)
+
+    def _window_pass(self, cache, x: torch.Tensor, is_vst: torch.Tensor) -> torch.Tensor:
+        """One window `x` `(T, C)` after the memory in `cache`: the VSTs' pre-RoPE K/V `(L, 2, Hkv, n_vst, D)`.
+        `cache` grows by T tokens (the caller truncates it)."""
+        cap = VSTCapture(is_vst=is_vst, keep=is_vst)
+        self.model.step(x.unsqueeze(0), cache, cap)
+        return _stack(cap)
+
+    def _window_pass_fresh(self, memory: torch.Tensor, x: torch.Tensor, is_vst: torch.Tensor) -> torch.Tensor:
+        """`_window_pass` against a cache rebuilt from `memory` `(L, 2, Hkv, M, D)` (pure: for checkpointing)."""
+        return self._window_pass(self.model.rotated_cache(memory), x, is_vst)
 
     def _empty_kv(self) -> torch.Tensor:
         c = self.config
@@ -390,9 +432,21 @@ def _resolve_dtype(dtype, config: VideoXLConfig, device: torch.device) -> torch.
     return dtype
 
 
+#: Built-in model names: `tiny` (deterministic random weights, built in code) and checkpoints
+#: shipped in the repository (`toy`: trained by `vxl train`, docs/EVALUATION.md).
+BUILTIN_CHECKPOINTS: dict[str, Path] = {"toy": Path(__file__).resolve().parent / "weights" / "toy"}
+BUILTIN_MODELS: tuple[str, ...] = ("tiny", *BUILTIN_CHECKPOINTS)
+
+
+def is_model_name(name: str | Path) -> bool:
+    """True for a built-in model name (`BUILTIN_MODELS`) or an existing folder."""
+    return str(name) in BUILTIN_MODELS or Path(name).is_dir()
+
+
 def load_model(name_or_path: str | Path = "tiny", dtype=None, device=None, attn_implementation: str = "sdpa",
                vision_batch_frames: int = 16) -> VideoXL:
-    """Load `"tiny"` (built-in, deterministic random weights) or a local Video-XL checkpoint folder.
+    """Load `"tiny"` (built-in, deterministic random weights), `"toy"` (the trained toy checkpoint
+    shipped in `model/weights/toy`) or a local Video-XL checkpoint folder.
 
     Args:
         name_or_path: `"tiny"` or a folder in Video-XL's layout (config.json, safetensors shards with
@@ -415,13 +469,19 @@ def load_model(name_or_path: str | Path = "tiny", dtype=None, device=None, attn_
         tokenizer = tiny_tokenizer()
         name = "tiny"
     else:
-        folder = Path(name_or_path)
+        builtin = BUILTIN_CHECKPOINTS.get(str(name_or_path))
+        folder = builtin if builtin is not None else Path(name_or_path)
         if not folder.is_dir():
-            raise FileNotFoundError(f"model {str(name_or_path)!r} is neither 'tiny' nor a checkpoint folder")
+            if builtin is not None:
+                raise FileNotFoundError(f"the built-in {str(name_or_path)!r} checkpoint is missing at {folder}; "
+                                        "restore it from git (git checkout -- model/weights) or retrain it "
+                                        "(docs/EVALUATION.md)")
+            raise FileNotFoundError(f"model {str(name_or_path)!r} is neither one of {list(BUILTIN_MODELS)} nor a "
+                                    "checkpoint folder")
         config = load_config(folder)
         state = read_safetensors(folder)
         tokenizer = load_tokenizer(folder)
-        name = folder.name
+        name = str(name_or_path) if builtin is not None else folder.name
     config._attn_implementation = attn_implementation
     dtype = _resolve_dtype(dtype, config, device)
     digest = _weights_digest(state)

@@ -287,7 +287,9 @@ def clip_model_for(record, model_name: str) -> tuple[str, str | None, str | None
             if isinstance(s.get(key), str) and s[key]:
                 w, f = s.get("clip_weights"), s.get("clip_fingerprint")
                 return s[key], w if isinstance(w, str) and w else None, f if isinstance(f, str) and f else None
-    return (DEFAULT_TINY_CLIP if model_name == "tiny" else DEFAULT_CLIP), None, None
+    from model.video_xl import BUILTIN_MODELS
+
+    return (DEFAULT_TINY_CLIP if model_name in BUILTIN_MODELS else DEFAULT_CLIP), None, None
 
 
 def select_windows(question_emb: np.ndarray, window_embs: np.ndarray, k: int) -> list[int]:

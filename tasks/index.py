@@ -113,8 +113,11 @@ class IndexOptions:
             raise UsageError(f"--decoder must be one of {list(CHOICES)}, got {self.decoder!r}")
         if not (self.decode_timeout_s > 0):
             raise UsageError(f"--decode-timeout must be > 0 seconds, got {self.decode_timeout_s}")
-        if self.model != "tiny" and not Path(self.model).is_dir():
-            raise UsageError(f"--model {self.model!r} is neither 'tiny' nor a Video-XL checkpoint folder")
+        from model.video_xl import BUILTIN_MODELS, is_model_name
+
+        if not is_model_name(self.model):
+            raise UsageError(f"--model {self.model!r} is neither one of {list(BUILTIN_MODELS)} nor a Video-XL "
+                             "checkpoint folder")
         try:
             self.plan.validate()
         except ValueError as exc:
@@ -123,10 +126,12 @@ class IndexOptions:
 
 def make_options(model: str = "tiny", *, chunking: str = "dynamic", ratio: int = 8, target_ratio: int = 8,
                  clip_model: str | None = None, clip_weights: str | None = None, **kw) -> IndexOptions:
-    """`IndexOptions` with the CLI's defaults: dynamic chunking; CLIP `vxl-tiny-clip` for the tiny
-    model (random weights), `ViT-B-32` otherwise."""
+    """`IndexOptions` with the CLI's defaults: dynamic chunking; CLIP `vxl-tiny-clip` (random weights)
+    for the built-in models (`tiny`, `toy`), `ViT-B-32` otherwise."""
+    from model.video_xl import BUILTIN_MODELS
+
     if clip_model is None:
-        clip_model = TINY_CLIP if model == "tiny" else "ViT-B-32"
+        clip_model = TINY_CLIP if model in BUILTIN_MODELS else "ViT-B-32"
     spec = PlanSpec(chunking=chunking, ratio=ratio, target_ratio=target_ratio, clip_model=clip_model,
                     clip_weights=clip_weights)
     return IndexOptions(model=model, plan=spec, **kw)

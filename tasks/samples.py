@@ -99,6 +99,13 @@ _PHRASE_TO = {
 }
 MIN_BACKGROUND_L1 = 120  # consecutive backgrounds differ by at least this much (sum over RGB)
 
+#: Codecs the sample writers support: name -> (container format, file suffix, FFmpeg encoder).
+CODECS: dict[str, tuple[str, str, str]] = {
+    "h264": ("mp4", ".mp4", "libx264"),
+    "vp9": ("webm", ".webm", "libvpx-vp9"),
+    "mpeg4": ("mp4", ".mp4", "mpeg4"),
+}
+
 
 @dataclass
 class _Shape:
@@ -269,6 +276,147 @@ def plan_sample_video(
     }
 
 
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+# The toy family (issue 12): what the trained `toy` model is taught and checked on.
+TOY_RESOLUTIONS: tuple[tuple[int, int], ...] = (
+    (160, 120), (192, 144), (240, 180), (256, 144), (320, 240), (320, 180), (426, 240), (480, 270),
+    (480, 360), (640, 360), (640, 480), (854, 480), (960, 540), (1024, 576), (1280, 720),
+)
+TOY_FPS: tuple[float, ...] = (8, 10, 12, 15, 24, 25, 30)
+
+
+def plan_toy_video(
+    seed: int,
+    *,
+    num_scenes: int | None = None,
+    scene_s: tuple[float, float] = (2.0, 20.0),
+    fps: float | None = None,
+    width: int | None = None,
+    height: int | None = None,
+) -> dict:
+    """Ground truth of one video of the toy family: 2-8 scenes, one object.
+
+    The family (issue 12): flat backgrounds from `BACKGROUNDS`, each used at most once (consecutive
+    ones at least `MIN_BACKGROUND_L1` apart), hard cuts, scenes of `scene_s` seconds (2-20), and one
+    shape from `SHAPES` in a colour of `COLORS` that appears (at 0.5 s or later), may move once and
+    may disappear, visible at least 3 s. Resolution and frame rate are drawn from `TOY_RESOLUTIONS`
+    and `TOY_FPS` unless given. The JSON has the layout of `plan_sample_video` plus
+    `"object": {"shape", "color"}` and `"family": "toy"`; events are `cut`, `appear`, `move`,
+    `disappear`, with distinct captions.
+
+    Raises:
+        ValueError: `num_scenes` outside 1..len(BACKGROUNDS), a bad `scene_s`, or see `plan_sample_video`.
+    """
+    rng = np.random.default_rng([seed, 0x70F])
+    if num_scenes is None:
+        num_scenes = int(rng.integers(2, 9))
+    if not 1 <= num_scenes <= len(BACKGROUNDS):
+        raise ValueError(f"num_scenes must be in 1..{len(BACKGROUNDS)}, got {num_scenes}")
+    lo, hi = scene_s
+    if not 0 < lo <= hi:
+        raise ValueError(f"scene_s must be (low, high) with 0 < low <= high, got {scene_s}")
+    if width is None or height is None:
+        width, height = TOY_RESOLUTIONS[int(rng.integers(len(TOY_RESOLUTIONS)))]
+    fps = float(TOY_FPS[int(rng.integers(len(TOY_FPS)))]) if fps is None else fps
+    fr = _as_fraction(fps)
+    names = list(BACKGROUNDS)
+    for _ in range(1000):  # a background order whose consecutive colours are far enough apart
+        order = [names[i] for i in rng.permutation(len(names))[:num_scenes]]
+        if all(sum(abs(a - b) for a, b in zip(BACKGROUNDS[x], BACKGROUNDS[y], strict=True)) >= MIN_BACKGROUND_L1
+               for x, y in zip(order, order[1:], strict=False)):
+            break
+    lengths = [max(1, round(float(rng.uniform(lo, hi)) * fr)) for _ in order]
+    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(int)
+    num_frames = int(starts[-1])
+    scenes = [{"background": b, "frame_start": int(starts[i]), "frame_end": int(starts[i + 1])}
+              for i, b in enumerate(order)]
+    events: list[dict] = [
+        {"frame": sc["frame_start"], "kind": "cut", "background": sc["background"],
+         "text": f"the scene cuts from a {prev['background']} background to a {sc['background']} one"}
+        for prev, sc in zip(scenes, scenes[1:], strict=False)
+    ]
+    shape = SHAPES[int(rng.integers(len(SHAPES)))]
+    color = list(COLORS)[int(rng.integers(len(COLORS)))]
+    pos_names = list(POSITIONS)
+    pos = pos_names[int(rng.integers(len(pos_names)))]
+    visible = max(1, round(3 * fr))
+    cut_frames = {sc["frame_start"] for sc in scenes}
+
+    def free(f: int) -> int:  # object events never share a frame with a cut
+        while f in cut_frames:
+            f += 1
+        return f
+
+    latest = max(0, num_frames - visible)
+    first = free(min(latest, max(round(0.5 * fr), int(rng.uniform(0.0, 0.6) * num_frames))))
+    if first < num_frames:
+        events.append({"frame": first, "kind": "appear", "shape": shape, "color": color, "position": pos,
+                       "text": f"{_article(color)} {color} {shape} appears {_PHRASE_IN[pos]}"})
+        end = num_frames
+        if rng.random() < 0.5 and num_frames - first > 2 * visible:
+            f = free(first + visible + int(rng.integers(0, num_frames - first - 2 * visible + 1)))
+            new = [p for p in pos_names if p != pos][int(rng.integers(len(pos_names) - 1))]
+            if f < num_frames:
+                events.append({"frame": f, "kind": "move", "shape": shape, "color": color, "position": new,
+                               "text": f"the {color} {shape} moves {_PHRASE_TO[new]}"})
+                pos, first = new, f
+        if rng.random() < 0.3 and num_frames - first > 2 * visible:
+            end = free(first + visible + int(rng.integers(0, num_frames - first - 2 * visible + 1)))
+            if end < num_frames:
+                events.append({"frame": end, "kind": "disappear", "shape": shape, "color": color, "position": pos,
+                               "text": f"the {color} {shape} disappears"})
+    events.sort(key=lambda e: e["frame"])
+
+    def t(frame: int) -> float:
+        return float(Fraction(frame) / fr)
+
+    out_events = []
+    for i, ev in enumerate(events):
+        end_frame = events[i + 1]["frame"] if i + 1 < len(events) else num_frames
+        out_events.append({"start_s": t(ev["frame"]), "end_s": t(end_frame), **ev})
+    out_scenes = [{"start_s": t(sc["frame_start"]), "end_s": t(sc["frame_end"]), "background": sc["background"],
+                   "rgb": list(BACKGROUNDS[sc["background"]]), "frame_start": sc["frame_start"],
+                   "frame_end": sc["frame_end"]} for sc in scenes]
+    return {
+        "video": None, "family": "toy", "seconds": t(num_frames), "fps": float(fr), "width": int(width),
+        "height": int(height), "seed": int(seed), "num_frames": num_frames,
+        "cuts": [sc["start_s"] for sc in out_scenes[1:]], "scenes": out_scenes, "events": out_events,
+        "object": {"shape": shape, "color": color},
+    }
+
+
+def make_toy_videos(out_dir: str | Path, seeds, *, codecs: tuple[str, ...] = tuple(CODECS), prefix: str = "toy",
+                    **plan_kw) -> list[Path]:
+    """Write one toy-family video per seed (`plan_toy_video`) with its truth JSON into `out_dir`.
+
+    The codec of seed `s` is `codecs[s % len(codecs)]`. Names are `{prefix}_{seed:06d}{suffix}`. Files
+    that exist with their JSON are kept (idempotent). Cost: dominated by encoding, about 1 s per
+    minute of 320x240 video at 8 fps, 20x that at 1280x720 at 30 fps (2-core CPU).
+
+    Returns:
+        the video paths, in seed order.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for seed in seeds:
+        codec = codecs[int(seed) % len(codecs)]
+        path = out_dir / f"{prefix}_{int(seed):06d}{CODECS[codec][1]}"
+        truth_path = path.with_suffix(".json")
+        if not (path.is_file() and truth_path.is_file()):
+            plan = plan_toy_video(int(seed), **plan_kw)
+            plan["video"], plan["codec"] = path.name, codec
+            tmp = path.with_name(path.stem + ".partial" + path.suffix)
+            write_video(tmp, render_frames(plan), plan["fps"], plan["width"], plan["height"], codec=codec)
+            tmp.replace(path)
+            truth_path.write_text(json.dumps(plan, indent=1) + "\n")
+        paths.append(path)
+    return paths
+
+
 def _shape_mask(shape: str, cx: float, cy: float, r: float, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
     dx, dy = xx - cx, yy - cy
     if shape == "circle":
@@ -283,8 +431,12 @@ def _shape_mask(shape: str, cx: float, cy: float, r: float, yy: np.ndarray, xx: 
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def render_frames(plan: dict):
-    """Yield the frames of a planned video: uint8 (H, W, 3) RGB arrays, `plan["num_frames"]` of them."""
+def render_frames(plan: dict, only=None):
+    """Yield the frames of a planned video: uint8 (H, W, 3) RGB arrays, `plan["num_frames"]` of them.
+
+    With `only` (a collection of frame indices), yield just those frames, in index order (the state
+    of the moving shape is still tracked over every frame)."""
+    only = None if only is None else set(int(i) for i in only)
     w, h, n = plan["width"], plan["height"], plan["num_frames"]
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     r = min(w, h) / 10.0
@@ -309,6 +461,8 @@ def render_frames(plan: dict):
                 cur = (ev["shape"], ev["color"], xy)
             else:
                 cur = (ev["shape"], ev["color"], xy)
+        if only is not None and f not in only:
+            continue
         frame = np.empty((h, w, 3), dtype=np.uint8)
         frame[:] = plan["scenes"][scene_of[f]]["rgb"]
         if cur is not None:
@@ -321,21 +475,35 @@ def render_frames(plan: dict):
         yield frame
 
 
-def write_video(path: Path, frames, fps: float, width: int, height: int, *, crf: int = 20) -> None:
-    """Encode RGB uint8 (H, W, 3) frames to H.264 (libx264, yuv420p) in an MP4 at `path`.
+def write_video(path: Path, frames, fps: float, width: int, height: int, *, crf: int = 20,
+                codec: str = "h264") -> None:
+    """Encode RGB uint8 (H, W, 3) frames to `codec` (`CODECS`; H.264 by default), yuv420p, at `path`.
 
     Frame `i` gets pts `i` in time base `1 / fps`, so it is shown at exactly `i / fps` seconds.
-    Keyframes every 2 s and at scene cuts (x264 scenecut); moov atom at the front (faststart).
+    Keyframes every 2 s (and, for H.264, at scene cuts); MP4s have the moov atom at the front.
+    H.264 and VP9 use constant quality `crf`; MPEG-4 Part 2 a bit rate of 0.2 bit per pixel.
+
+    Raises:
+        ValueError: an unknown codec.
     """
     import av
 
+    if codec not in CODECS:
+        raise ValueError(f"unknown codec {codec!r}; one of {sorted(CODECS)}")
+    container, _, encoder = CODECS[codec]
     fr = _as_fraction(fps)
-    with av.open(str(path), mode="w", format="mp4", options={"movflags": "+faststart"}) as out:
-        stream = out.add_stream("libx264", rate=fr)
+    opts = {"movflags": "+faststart"} if container == "mp4" else {}
+    with av.open(str(path), mode="w", format=container, options=opts) as out:
+        stream = out.add_stream(encoder, rate=fr)
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuv420p"
         stream.codec_context.gop_size = max(1, int(round(2 * fr)))
-        stream.options = {"crf": str(crf), "preset": "veryfast"}
+        if codec == "h264":
+            stream.options = {"crf": str(crf), "preset": "veryfast"}
+        elif codec == "vp9":
+            stream.options = {"crf": str(crf + 10), "b": "0", "deadline": "realtime", "cpu-used": "8"}
+        else:
+            stream.bit_rate = max(200_000, int(width * height * float(fr) * 0.2))  # ~0.2 bit per pixel
         for i, rgb in enumerate(frames):
             vf = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             vf.pts = i
@@ -474,12 +642,15 @@ def scene_at(truth: dict, t: float) -> dict:
 
 __all__ = [
     "BACKGROUNDS",
+    "CODECS",
     "COLORS",
     "POSITIONS",
     "SHAPES",
     "load_truth",
     "make_bad_files",
     "make_sample_videos",
+    "make_toy_videos",
+    "plan_toy_video",
     "plan_sample_video",
     "render_frames",
     "scene_at",

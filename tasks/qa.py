@@ -1,0 +1,224 @@
+"""Questions with known answers about toy-family videos, from their ground-truth JSON.
+
+The question family of issue 12 (what the trained `toy` model answers and is checked on), written
+the way `vxl ask --choice` asks them: the question text, the right answer, and the options (the
+answer among distractors; scored by option log-likelihood, `VideoXL.score_options`).
+
+| type | question | options |
+|---|---|---|
+| `bg_start` | What is the background colour at the start of the video? | 4 background names |
+| `bg_end` | What is the background colour at the end of the video? | 4 background names |
+| `object_color` | What colour is the {shape}? | 4 colour names |
+| `object_shape` | What shape appears in the video? | the 4 shapes |
+| `scene_count` | How many scenes does the video have? | "2" .. "8" |
+| `bg_order` | In what order do the background colours appear? | up to 4 orders `a, then b, then c` |
+| `bg_first` | Which background colour appears first: {a} or {b}? | the 2 names |
+| `event_order` | VICO's open ordering question over 3 events of the truth JSON | up to 4 orders `3, 1, 2` |
+
+Everything is drawn from a `numpy.random.Generator` the caller seeds, so a question set is
+reproducible. Pure Python + numpy; the truth layout is `tasks.samples.plan_toy_video`'s.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+QUESTION_TYPES: tuple[str, ...] = (
+    "bg_start", "bg_end", "object_color", "object_shape", "scene_count", "bg_order", "bg_first", "event_order",
+)
+SCENE_COUNT_OPTIONS: tuple[str, ...] = tuple(str(n) for n in range(2, 9))
+NUM_OPTIONS = 4
+EVENTS_PER_ORDER_QUESTION = 3
+
+
+@dataclass(frozen=True)
+class QA:
+    """One question about one video: `answer` is one of `options` (the text the model should give)."""
+
+    id: str
+    type: str
+    question: str
+    answer: str
+    options: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["options"] = list(self.options)
+        return d
+
+
+def order_phrase(names) -> str:
+    """["teal", "brown", "black"] -> "teal, then brown, then black"."""
+    return ", then ".join(names)
+
+
+def _pick_others(rng: np.random.Generator, pool, exclude, n: int) -> list[str]:
+    rest = [x for x in pool if x not in exclude]
+    return [rest[i] for i in rng.permutation(len(rest))[:n]]
+
+
+def _with_answer(rng: np.random.Generator, answer: str, distractors: list[str]) -> tuple[str, ...]:
+    opts = [answer, *distractors]
+    return tuple(opts[i] for i in rng.permutation(len(opts)))
+
+
+def _permutation_options(rng: np.random.Generator, items: list, fmt) -> tuple[str, tuple[str, ...]]:
+    """The right order of `items` and up to NUM_OPTIONS - 1 other orders, each formatted by `fmt`."""
+    right = fmt(items)
+    n = len(items)
+    others: list[str] = []
+    if n <= 5:
+        perms = [p for p in itertools.permutations(range(n)) if list(p) != list(range(n))]
+        for i in rng.permutation(len(perms))[: NUM_OPTIONS - 1]:
+            others.append(fmt([items[j] for j in perms[i]]))
+    else:
+        while len(others) < NUM_OPTIONS - 1:
+            cand = fmt([items[j] for j in rng.permutation(n)])
+            if cand != right and cand not in others:
+                others.append(cand)
+    return right, _with_answer(rng, right, others)
+
+
+def make_question(truth: dict, qtype: str, rng: np.random.Generator, video_key: str = "") -> QA | None:
+    """One question of type `qtype` about the video of `truth`, or None when the video cannot pose it
+    (`bg_order`/`bg_first` with one scene, `event_order` with fewer than 3 events, object questions
+    without exactly one object).
+
+    Raises:
+        ValueError: an unknown `qtype`.
+    """
+    from tasks.samples import BACKGROUNDS, COLORS, SHAPES
+
+    if qtype not in QUESTION_TYPES:
+        raise ValueError(f"unknown question type {qtype!r}; one of {QUESTION_TYPES}")
+    scenes = [s["background"] for s in truth["scenes"]]
+    obj = truth.get("object")
+    key = video_key or str(truth.get("video") or truth.get("seed"))
+    if qtype in ("bg_start", "bg_end"):
+        where = "start" if qtype == "bg_start" else "end"
+        answer = scenes[0] if qtype == "bg_start" else scenes[-1]
+        question = f"What is the background colour at the {where} of the video?"
+        options = _with_answer(rng, answer, _pick_others(rng, BACKGROUNDS, {answer}, NUM_OPTIONS - 1))
+    elif qtype == "object_color":
+        if not obj:
+            return None
+        answer = obj["color"]
+        question = f"What colour is the {obj['shape']}?"
+        options = _with_answer(rng, answer, _pick_others(rng, COLORS, {answer}, NUM_OPTIONS - 1))
+    elif qtype == "object_shape":
+        if not obj:
+            return None
+        answer = obj["shape"]
+        question = "What shape appears in the video?"
+        options = _with_answer(rng, answer, _pick_others(rng, SHAPES, {answer}, NUM_OPTIONS - 1))
+    elif qtype == "scene_count":
+        answer = str(len(scenes))
+        if answer not in SCENE_COUNT_OPTIONS:
+            return None
+        question = "How many scenes does the video have?"
+        options = SCENE_COUNT_OPTIONS
+    elif qtype == "bg_order":
+        if len(scenes) < 2 or len(set(scenes)) != len(scenes):
+            return None
+        question = "In what order do the background colours appear?"
+        answer, options = _permutation_options(rng, scenes, order_phrase)
+    elif qtype == "bg_first":
+        if len(scenes) < 2 or len(set(scenes)) != len(scenes):
+            return None
+        i, j = sorted(rng.choice(len(scenes), size=2, replace=False))
+        a, b = (scenes[i], scenes[j]) if rng.random() < 0.5 else (scenes[j], scenes[i])
+        question = f"Which background colour appears first: {a} or {b}?"
+        answer, options = scenes[i], (a, b)
+    else:  # event_order: VICO's open question (vico_synth.samples.render_open) over 3 events
+        from vico_synth.extractors import clean_text
+
+        events = truth.get("events", [])
+        if len(events) < EVENTS_PER_ORDER_QUESTION:
+            return None
+        chosen = sorted(rng.choice(len(events), size=EVENTS_PER_ORDER_QUESTION, replace=False))
+        texts = [clean_text(events[i]["text"]) for i in chosen]  # in time order
+        presented = [int(x) for x in rng.permutation(len(texts))]  # label j+1 shows event presented[j]
+        lines = [f"{j + 1}. {texts[t]}" for j, t in enumerate(presented)]
+        question = ("These events happen in the video, listed in random order:\n" + "\n".join(lines) + "\n"
+                    "Put the events in the order in which they happen in the video. "
+                    "Answer with the event numbers in order, separated by commas.")
+        labels = [presented.index(t) + 1 for t in range(len(texts))]
+        answer, options = _permutation_options(rng, labels, lambda o: ", ".join(str(x) for x in o))
+    return QA(id=f"{key}:{qtype}", type=qtype, question=question, answer=answer, options=tuple(options))
+
+
+def make_questions(truth: dict, rng: np.random.Generator, types=QUESTION_TYPES, video_key: str = "") -> list[QA]:
+    """One question of each type in `types` that the video can pose (see `make_question`)."""
+    out = []
+    for t in types:
+        q = make_question(truth, t, rng, video_key)
+        if q is not None:
+            out.append(q)
+    return out
+
+
+# -- scoring ------------------------------------------------------------------------------------
+
+
+def score_questions(vx, memory, questions: list[QA]) -> list[dict]:
+    """Answer each multiple-choice question from `memory` by option log-likelihood
+    (`VideoXL.score_options`, what `vxl ask --choice` does). One dict per question: `id`, `type`,
+    `answer`, `chosen`, `scores` (summed log-probability per option, nats), `correct`."""
+    out = []
+    for q in questions:
+        scores = vx.score_options(memory, q.question, list(q.options))
+        chosen = q.options[int(np.argmax(scores))]
+        out.append({"id": q.id, "type": q.type, "question": q.question, "answer": q.answer, "chosen": chosen,
+                    "scores": [float(s) for s in scores], "correct": chosen == q.answer})
+    return out
+
+
+def accuracy_by_type(results: list[dict]) -> dict:
+    """`{"overall": {...}, "per_type": {type: {"correct", "total", "accuracy"}}}` of scored questions."""
+    per: dict[str, dict] = {}
+    for r in results:
+        d = per.setdefault(r["type"], {"correct": 0, "total": 0})
+        d["total"] += 1
+        d["correct"] += int(bool(r["correct"]))
+    for d in per.values():
+        d["accuracy"] = d["correct"] / d["total"]
+    total = sum(d["total"] for d in per.values())
+    correct = sum(d["correct"] for d in per.values())
+    return {"overall": {"correct": correct, "total": total, "accuracy": correct / total if total else float("nan")},
+            "per_type": dict(sorted(per.items()))}
+
+
+def evaluate_videos(vx, paths, *, seed: int = 0, types=QUESTION_TYPES, chunking: str = "dynamic",
+                    ratio: int = 8, fps: float = 1.0, max_frames: int = 128) -> list[dict]:
+    """Decode each video (as `vxl index` does), plan (`chunking`, the index default `dynamic` with
+    the tiny CLIP), encode with `vx`, and score one question of each type from its truth JSON.
+
+    Returns the `score_questions` dicts, each with `video` added.
+    """
+    from pathlib import Path
+
+    from tasks.video import decode
+    from tasks.workers import Encoder, PlanSpec
+
+    clip = None
+    spec = PlanSpec(chunking=chunking, ratio=ratio)
+    if chunking == "dynamic":
+        from model.clip_embed import ClipEmbedder
+        from tasks.index import TINY_CLIP
+
+        spec = PlanSpec(chunking="dynamic", clip_model=TINY_CLIP)
+        clip = ClipEmbedder(TINY_CLIP, device=str(vx.device))
+    enc = Encoder(vx, clip, spec)
+    results = []
+    for n, path in enumerate(paths):
+        truth = json.loads(Path(path).with_suffix(".json").read_text())
+        dec = decode(path, fps=fps, max_frames=max_frames)
+        memory = enc.encode(dec.frames, dec.timestamps).memory
+        qs = make_questions(truth, np.random.default_rng([seed, n]), types, video_key=Path(path).name)
+        for r in score_questions(vx, memory, qs):
+            results.append({**r, "video": str(path)})
+    return results

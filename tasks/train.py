@@ -1,0 +1,595 @@
+"""Training Video-XL: data preparation (decode once, cache), the training loop, checkpoints.
+
+Data sources (`TrainConfig.data`, any mix):
+- `toy:COUNT[:SEED]`: COUNT toy-family videos (`tasks.samples.plan_toy_video`, seeds
+  `SEED * 1_000_000 + i`), rendered at their own resolution at the sampled times only (no file is
+  written) and resized as the model resizes; questions from `tasks.qa`, fresh ones every epoch.
+- a folder: every video in it (`tasks.video.discover`) that has a ground-truth JSON next to it
+  (`vxl sample-videos`, `tasks.samples.make_toy_videos`), decoded as the index decodes; questions
+  from `tasks.qa`.
+- a `.json`/`.jsonl` file of LLaVA samples (`{"id", "video", "conversations"}`, what `vxl vico`
+  writes), videos relative to `TrainConfig.video_root` (default: the file's folder).
+
+Frames are sampled as at inference (`fps`, `max_frames`, `tasks.video.decode`), resized to the
+model's input (`VideoXL.model_frames`) and cached as `.npy` under `cache_dir`, once; every epoch
+and every worker reads the cache.
+
+The loop (`train_loop`) runs in one process per worker (Ray Train, `tasks.train_ray`, or directly
+for one worker): DDP (`torch.nn.parallel.DistributedDataParallel`, through Ray Train's
+`prepare_model`) over a `TrainForward` module whose forward is `model.training.sample_loss`.
+Global batch `batch_size` samples per optimizer step; worker `r` of `W` takes samples `r, r + W, ...`
+of the step, and the loss is scaled so that DDP's gradient average equals the mean over the
+global batch: the parameters after N steps do not depend on the number of workers (tested).
+
+Checkpoints (`out/checkpoints/step_NNNNNN/`, every `checkpoint_every` steps and at the end):
+the model in Video-XL's layout (`VideoXL.save_pretrained`) plus `trainer_state.pt` (optimizer,
+scheduler, step, losses). A restarted run resumes from the newest complete checkpoint; data order,
+question draws and ratios are functions of (seed, step, sample), so the loss curve continues as if
+never interrupted (tested).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tasks.qa import QUESTION_TYPES
+
+TOY_INIT = "toy-init"
+TOY_VOCAB = 640  # learned BPE tokens of the toy tokenizer (3 ChatML tokens follow)
+
+
+class TrainError(Exception):
+    """A training run cannot start or continue; `kind` is `usage`, `data` or `model`."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (stored in every checkpoint's `trainer_state.pt` and in
+    the config.json of the saved model under `vxl_training`).
+
+    Attributes:
+        out: run folder (checkpoints, cache, `train_log.jsonl`, `final/`).
+        data: sources (module doc).
+        model: `toy-init` (a fresh `toy` architecture, `model.config.toy_config`, seeded) or a
+            Video-XL checkpoint folder to fine-tune.
+        video_root: folder of the LLaVA files' relative video paths (default: each file's folder).
+        steps: optimizer steps.
+        batch_size: samples per optimizer step, over all workers (a multiple of `num_workers`).
+        lr, vision_lr: AdamW learning rate; the vision tower's own (Video-XL `mm_vision_tower_lr`),
+            default `lr`.
+        weight_decay, warmup_steps, min_lr_ratio, grad_clip: AdamW decay, linear warmup, cosine
+            floor (fraction of lr), max gradient norm (None: no clipping).
+        trainable: parts from `model.training.PARTS`.
+        curriculum: ratio sets by step, `"0:2,4;300:2,4,8,12,16"` (`model.training.Curriculum.parse`).
+        planner: `fixed`, `dynamic` (CLIP windows and ratios, `model.dynamic`) or `mixed` (each
+            sample draws one).
+        question_types: `tasks.qa` types drawn for ground-truth sources.
+        questions_per_sample: turns per sample drawn from them (each against the same memory).
+        fps, max_frames: sampling, as `vxl index`.
+        seed: seeds initialisation, data order, question draws and the curriculum.
+        checkpoint_every: steps between checkpoints (0: only at the end).
+        keep_checkpoints: newest checkpoints kept (older ones deleted).
+        grad_checkpointing: recompute each window in backward (long videos).
+        num_workers, use_gpu: Ray Train workers; one GPU each when `use_gpu`.
+        strategy: `ddp`, or `fsdp` for models that do not fit one GPU.
+        precision: `auto` (bf16 autocast on GPU, fp32 on CPU), `fp32` or `bf16`.
+        cache_dir: frame cache (default `out/cache`).
+    """
+
+    out: str
+    data: list[str] = field(default_factory=lambda: ["toy:400"])
+    model: str = TOY_INIT
+    video_root: str | None = None
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 1e-3
+    vision_lr: float | None = None
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    grad_clip: float | None = 1.0
+    trainable: list[str] = field(default_factory=lambda: ["llm", "projector", "vision"])
+    curriculum: str = "0:2,4;300:2,4,8,12,16"
+    planner: str = "fixed"
+    question_types: list[str] = field(default_factory=lambda: list(QUESTION_TYPES))
+    questions_per_sample: int = 4
+    fps: float = 1.0
+    max_frames: int = 128
+    seed: int = 0
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    grad_checkpointing: bool = False
+    num_workers: int = 1
+    use_gpu: bool = False
+    strategy: str = "ddp"
+    precision: str = "auto"
+    cache_dir: str | None = None
+
+    def validate(self) -> None:
+        """Raise TrainError(kind="usage") naming the option that no run can satisfy."""
+        from model.training import PARTS, Curriculum
+
+        def bad(msg: str):
+            raise TrainError("usage", msg)
+
+        for name in ("steps", "batch_size", "num_workers", "questions_per_sample", "max_frames", "keep_checkpoints"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                bad(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
+        for name in ("lr", "fps"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                bad(f"--{name.replace('_', '-')} must be a finite number > 0, got {v!r}")
+        for name in ("vision_lr", "grad_clip"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v > 0):
+                bad(f"--{name.replace('_', '-')} must be a finite number > 0, got {v!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            bad(f"--weight-decay must be a finite number >= 0, got {self.weight_decay!r}")
+        if not (math.isfinite(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1):
+            bad(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        if self.warmup_steps < 0 or self.checkpoint_every < 0:
+            bad("--warmup-steps and --checkpoint-every must be >= 0")
+        if self.batch_size % self.num_workers:
+            bad(f"--batch-size {self.batch_size} is not a multiple of --workers {self.num_workers}")
+        if set(self.trainable) - set(PARTS) or not self.trainable:
+            bad(f"--trainable {self.trainable}: choose from {list(PARTS)}")
+        if self.planner not in ("fixed", "dynamic", "mixed"):
+            bad(f"--planner must be fixed, dynamic or mixed, got {self.planner!r}")
+        if set(self.question_types) - set(QUESTION_TYPES) or not self.question_types:
+            bad(f"--question-types {self.question_types}: choose from {list(QUESTION_TYPES)}")
+        if self.strategy not in ("ddp", "fsdp"):
+            bad(f"--strategy must be ddp or fsdp, got {self.strategy!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            bad(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if not self.data:
+            bad("no training data: give --data toy:COUNT, a folder of videos with truth JSON, or a LLaVA .json")
+        try:
+            Curriculum.parse(self.curriculum, self.seed)
+        except ValueError as exc:
+            bad(f"--curriculum: {exc}")
+        if self.model != TOY_INIT and not Path(self.model).is_dir():
+            bad(f"--model {self.model!r} is neither {TOY_INIT!r} nor a checkpoint folder")
+
+    @property
+    def cache(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else Path(self.out) / "cache"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# -- the model ------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def toy_corpus() -> list[str]:
+    """Text the toy tokenizer is trained on: the prompt template, every question and answer form
+    of `tasks.qa`, the sample videos' names and captions, digits."""
+    from model.tokenizer import PROMPT_TEMPLATE
+    from tasks.qa import make_questions
+    from tasks.samples import BACKGROUNDS, COLORS, POSITIONS, SHAPES, plan_toy_video
+
+    lines = [PROMPT_TEMPLATE.format(question="")]
+    rng = np.random.default_rng(12345)
+    for seed in range(60):
+        truth = plan_toy_video(10_000_000 + seed)
+        for q in make_questions(truth, rng):
+            lines.append(PROMPT_TEMPLATE.format(question=q.question) + q.answer + "<|im_end|>")
+            lines.extend(q.options)
+        lines.extend(e["text"] for e in truth["events"])
+    names = [*BACKGROUNDS, *COLORS, *SHAPES, *POSITIONS]
+    lines += [" ".join(names), " ".join(f" {n}" for n in names), "0 1 2 3 4 5 6 7 8 9 10, then A. B. C. D."]
+    lines += ["".join(chr(c) for c in range(32, 127))]
+    return lines
+
+
+def fresh_toy_model(seed: int = 0, device=None):
+    """A `toy` VideoXL with fresh weights (`model.training.init_state`) and the toy tokenizer."""
+    import torch
+
+    from model.checkpoint import build_from_state
+    from model.config import toy_config
+    from model.tokenizer import SPECIAL_TOKENS, bpe_tokenizer_json, fast_tokenizer
+    from model.training import init_state
+    from model.video_xl import VideoXL, _weights_digest
+
+    tok = fast_tokenizer(bpe_tokenizer_json(toy_corpus(), TOY_VOCAB))
+    bos, _, eos = tok.convert_tokens_to_ids(list(SPECIAL_TOKENS))
+    vocab = -(-len(tok) // 64) * 64
+    config = toy_config(vocab, bos, eos)
+    config._attn_implementation = "sdpa"
+    state = init_state(config, seed)
+    device = torch.device(device or "cpu")
+    model = build_from_state(config, state, torch.float32, device)
+    return VideoXL(model, tok, "toy", _weights_digest(model.state_dict()))
+
+
+def load_for_training(cfg: TrainConfig, device=None):
+    """The model a run starts from (before any checkpoint of the run is restored)."""
+    from model.video_xl import load_model
+
+    if cfg.model == TOY_INIT:
+        return fresh_toy_model(cfg.seed, device)
+    return load_model(cfg.model, dtype="float32", device=device)
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Item:
+    """One training video: cached frames and either a ground truth (questions drawn per epoch) or
+    fixed LLaVA turns."""
+
+    key: str
+    frames: str  # .npy path, uint8 (F, S, S, 3)
+    source: str
+    truth: dict | None = None
+    turns: list[list[str]] | None = None  # [[question, answer], ...]
+    embeddings: str | None = None  # .npy float32 (F, E) for the dynamic planner
+
+
+def _safe_key(text: str) -> str:
+    import xxhash
+
+    return xxhash.xxh3_64_hexdigest(text.encode("utf-8", "surrogateescape"))
+
+
+def prepare_data(cfg: TrainConfig, vx=None, progress: Callable[[int, int, str], None] | None = None) -> list[Item]:
+    """Decode (or render) every training video once into the frame cache; the list of items.
+
+    Idempotent: cached videos are not decoded again. Writes `cache/manifest.json`.
+
+    Raises:
+        TrainError(kind="data"): a source that does not exist or holds nothing usable (named),
+            a LLaVA entry without a video or with malformed conversations (named by id).
+    """
+    from model.training import conversation_turns
+
+    vx = vx or load_for_training(cfg)
+    cache = cfg.cache
+    cache.mkdir(parents=True, exist_ok=True)
+    jobs: list[tuple[str, Callable[[], tuple[np.ndarray, np.ndarray]], dict]] = []
+    for src in cfg.data:
+        if src.startswith("toy:"):
+            parts = src.split(":")
+            try:
+                count = int(parts[1])
+                base = int(parts[2]) if len(parts) > 2 else 0
+            except (IndexError, ValueError):
+                raise TrainError("usage", f"data source {src!r}: expected toy:COUNT[:SEED]") from None
+            for i in range(count):
+                seed = base * 1_000_000 + i
+                jobs.append((f"toy-{seed}", _toy_renderer(seed, cfg), {"source": src, "seed": seed}))
+            continue
+        p = Path(src)
+        if p.is_dir():
+            from tasks.video import discover
+
+            found = [v for v in discover([str(p)]) if Path(v.path).with_suffix(".json").is_file()]
+            if not found:
+                raise TrainError("data", f"{p}: no video with a ground-truth JSON next to it (NAME.json)")
+            for v in found:
+                jobs.append((f"file-{_safe_key(str(v.path))}", _file_decoder(str(v.path), cfg),
+                             {"source": str(v.path), "truth_path": str(Path(v.path).with_suffix(".json"))}))
+        elif p.is_file() and p.suffix in (".json", ".jsonl"):
+            root = Path(cfg.video_root) if cfg.video_root else p.parent
+            text = p.read_text()
+            try:
+                entries = [json.loads(x) for x in text.splitlines() if x.strip()] if p.suffix == ".jsonl" else json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise TrainError("data", f"{p}: not valid JSON ({exc})") from None
+            for n, e in enumerate(entries):
+                if not isinstance(e, dict) or not e.get("video") or "conversations" not in e:
+                    raise TrainError("data", f"{p}: entry {n} ({(e or {}).get('id') if isinstance(e, dict) else e!r}) "
+                                             "needs 'video' and 'conversations'")
+                try:
+                    turns = [[t.question, t.answer] for t in conversation_turns(e["conversations"])]
+                except ValueError as exc:
+                    raise TrainError("data", f"{p}: entry {e.get('id', n)!r}: {exc}") from None
+                video = root / e["video"]
+                jobs.append((f"file-{_safe_key(str(video))}", _file_decoder(str(video), cfg),
+                             {"source": f"{p}#{e.get('id', n)}", "turns": turns}))
+        else:
+            raise TrainError("data", f"data source {src!r} is not toy:COUNT, a folder or a .json/.jsonl file")
+    items: list[Item] = []
+    want_emb = cfg.planner in ("dynamic", "mixed")
+    clip = None
+    for n, (key, load, meta) in enumerate(jobs):
+        fpath = cache / f"{key}.npy"
+        epath = cache / f"{key}.emb.npy"
+        if not fpath.is_file() or (want_emb and not epath.is_file()):
+            raw = load()
+            if want_emb and not epath.is_file():
+                if clip is None:
+                    from model.clip_embed import ClipEmbedder
+                    from tasks.index import TINY_CLIP
+
+                    clip = ClipEmbedder(TINY_CLIP, device="cpu")
+                np.save(epath, np.asarray(clip.embed_images(raw), dtype=np.float32))
+            frames = vx.model_frames(raw).cpu().numpy()
+            tmp = fpath.with_name(fpath.stem + ".partial.npy")
+            np.save(tmp, frames)
+            os.replace(tmp, fpath)
+        truth = meta.get("truth")
+        if "truth_path" in meta:
+            truth = json.loads(Path(meta["truth_path"]).read_text())
+        elif "seed" in meta:
+            from tasks.samples import plan_toy_video
+
+            truth = plan_toy_video(meta["seed"])
+        items.append(Item(key=key, frames=str(fpath), source=meta["source"], truth=truth, turns=meta.get("turns"),
+                          embeddings=str(epath) if want_emb else None))
+        if progress:
+            progress(n + 1, len(jobs), key)
+    (cache / "manifest.json").write_text(json.dumps([asdict(i) for i in items]))
+    return items
+
+
+def _toy_renderer(seed: int, cfg: TrainConfig):
+    def render():
+        from tasks.samples import plan_toy_video, render_frames
+        from tasks.video import sample_indices
+
+        truth = plan_toy_video(seed)
+        idx = sample_indices(truth["num_frames"], truth["fps"], fps=cfg.fps, max_frames=cfg.max_frames)
+        return np.stack(list(render_frames(truth, only=idx)))
+
+    return render
+
+
+def _file_decoder(path: str, cfg: TrainConfig):
+    def dec():
+        from tasks.video import DecodeError, decode
+
+        try:
+            return decode(path, fps=cfg.fps, max_frames=cfg.max_frames).frames
+        except (DecodeError, FileNotFoundError) as exc:
+            raise TrainError("data", f"{path}: cannot decode ({exc}); fix or remove it from the training data") from None
+
+    return dec
+
+
+def sample_order(num_items: int, step: int, batch_size: int, seed: int) -> list[int]:
+    """Item indices of the global batch of `step`: epoch-wise seeded permutations, consumed in order."""
+    out = []
+    for c in range(step * batch_size, (step + 1) * batch_size):
+        epoch, pos = divmod(c, num_items)
+        perm = np.random.default_rng([seed, epoch, 0xDA7A]).permutation(num_items)
+        out.append(int(perm[pos]))
+    return out
+
+
+def sample_turns(item: Item, step: int, sample: int, cfg: TrainConfig):
+    """The turns of one sample at `step`: fixed LLaVA turns, or `questions_per_sample` questions
+    drawn from the truth (types shuffled by a generator seeded by (seed, step, sample))."""
+    from model.training import Turn
+    from tasks.qa import make_questions
+
+    if item.turns is not None:
+        return [Turn(q, a) for q, a in item.turns]
+    rng = np.random.default_rng([cfg.seed, step, sample, 0x9A])
+    types = [cfg.question_types[i] for i in rng.permutation(len(cfg.question_types))]
+    qs = make_questions(item.truth, rng, types)[: cfg.questions_per_sample]
+    return [Turn(q.question, q.answer) for q in qs]
+
+
+def sample_plan(vx, item: Item, frames_count: int, step: int, sample: int, cfg: TrainConfig):
+    """The chunk plan of one sample at `step` (the curriculum's ratios; fixed or dynamic windows)."""
+    from model.training import Curriculum
+
+    cur = Curriculum.parse(cfg.curriculum, cfg.seed)
+    geom = dict(tokens_per_frame=vx.config.tokens_per_frame, window_tokens=vx.config.beacon_window)
+    planner = cfg.planner
+    if planner == "mixed":
+        planner = "dynamic" if cur.rng(step, sample).random() < 0.5 else "fixed"
+    if planner == "dynamic":
+        return cur.dynamic_plan(np.load(item.embeddings), step, sample, **geom)
+    return cur.fixed_plan(frames_count, step, sample, **geom)
+
+
+# -- the loop ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class WorkerContext:
+    """What the loop needs from its launcher (Ray Train, or nothing for one local worker)."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: str = "cpu"
+    report: Callable[[dict, str | None], None] | None = None  # (metrics, checkpoint folder or None)
+    prepare_model: Callable | None = None  # wraps the TrainForward module (DDP/FSDP)
+    all_reduce_mean: Callable[[float], float] | None = None
+
+
+def _train_forward_module():
+    import torch
+
+    class TrainForward(torch.nn.Module):
+        """forward(frames, plan, turns) = `model.training.sample_loss` (so DDP/FSDP see the forward)."""
+
+        def __init__(self, vx, checkpoint_windows: bool):
+            super().__init__()
+            self.net = vx.model
+            self.__dict__["vx"] = vx  # not a submodule: the parameters are `net`'s
+            self.checkpoint_windows = checkpoint_windows
+
+        def forward(self, frames, plan, turns):
+            from model.training import sample_loss
+
+            loss, ntok, _ = sample_loss(self.vx, frames, plan, turns, checkpoint_windows=self.checkpoint_windows)
+            return loss
+
+    return TrainForward
+
+
+def checkpoint_dirs(out: str | Path) -> list[Path]:
+    """Complete checkpoints of a run (`trainer_state.pt` written last), oldest first."""
+    root = Path(out) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.name.startswith("step_") and (p / "trainer_state.pt").is_file())
+
+
+def train_loop(cfg: TrainConfig, ctx: WorkerContext | None = None, items: list[Item] | None = None,
+               on_step: Callable[[dict], None] | None = None) -> dict:
+    """Train per `cfg` in this process (one worker of `ctx.world_size`). Returns the last metrics.
+
+    Raises:
+        TrainError: bad configuration or data; FloatingPointError when the loss becomes NaN/inf
+            (names the step and the samples).
+    """
+    import contextlib
+
+    import torch
+
+    from model.training import trainable_parameters, warmup_cosine
+
+    ctx = ctx or WorkerContext()
+    cfg.validate()
+    torch.manual_seed(cfg.seed)  # nothing random is drawn from it; set for third-party code
+    device = torch.device(ctx.device)
+    vx = load_for_training(cfg, device)
+    resume = checkpoint_dirs(cfg.out)
+    state = None
+    if resume:
+        from model.checkpoint import read_safetensors, to_module_keys
+
+        last = resume[-1]
+        weights = to_module_keys(read_safetensors(last))
+        vx.model.load_state_dict({k: v.to(device) for k, v in weights.items()}, strict=False)
+        state = torch.load(last / "trainer_state.pt", map_location="cpu", weights_only=False)
+    if items is None:
+        items = [Item(**d) for d in json.loads((cfg.cache / "manifest.json").read_text())]
+    vx.model.train()
+    groups = trainable_parameters(vx.model, cfg.trainable, cfg.lr, cfg.vision_lr, cfg.weight_decay)
+    opt = torch.optim.AdamW(groups, betas=(0.9, 0.98), eps=1e-8)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: warmup_cosine(s, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
+    start, history = 0, []
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start, history = int(state["step"]), list(state["history"])
+    fwd = _train_forward_module()(vx, cfg.grad_checkpointing)
+    net = ctx.prepare_model(fwd) if ctx.prepare_model else fwd
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    params = [p for g in groups for p in g["params"]]
+    per_worker = cfg.batch_size // ctx.world_size
+    metrics: dict = {}
+    for step in range(start, cfg.steps):
+        t0 = time.perf_counter()
+        batch = sample_order(len(items), step, cfg.batch_size, cfg.seed)
+        mine = list(range(ctx.rank, cfg.batch_size, ctx.world_size))
+        opt.zero_grad(set_to_none=True)
+        local_loss, frames_seen = 0.0, 0
+        for j, pos in enumerate(mine):
+            item = items[batch[pos]]
+            sample = step * cfg.batch_size + pos
+            frames = torch.from_numpy(np.load(item.frames))
+            plan = sample_plan(vx, item, int(frames.shape[0]), step, sample, cfg)
+            turns = sample_turns(item, step, sample, cfg)
+            last = j == len(mine) - 1
+            sync = contextlib.nullcontext() if (last or not hasattr(net, "no_sync")) else net.no_sync()
+            amp = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+            with sync:
+                with amp:
+                    loss = net(frames, plan, turns)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"step {step}: loss {float(loss)} on sample {item.key} ({item.source})")
+                (loss / per_worker).backward()
+            local_loss += float(loss.detach())
+            frames_seen += int(frames.shape[0])
+        grad_norm = None
+        if cfg.grad_clip is not None:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+        opt.step()
+        sched.step()
+        loss_mean = local_loss / per_worker
+        if ctx.all_reduce_mean:
+            loss_mean = ctx.all_reduce_mean(loss_mean)
+        dt = time.perf_counter() - t0
+        metrics = {"step": step + 1, "loss": loss_mean, "lr": sched.get_last_lr()[0], "grad_norm": grad_norm,
+                   "samples_per_s": cfg.batch_size / dt, "frames_per_s": frames_seen * ctx.world_size / dt,
+                   "ratios": list(_ratios_at(cfg, step))}
+        history.append({"step": step + 1, "loss": loss_mean})
+        ckpt = None
+        if (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or step + 1 == cfg.steps:
+            ckpt = save_training_checkpoint(cfg, vx, opt, sched, step + 1, history) if ctx.rank == 0 else None
+        if ctx.report:
+            ctx.report(metrics, str(ckpt) if ckpt else None)
+        if on_step:
+            on_step(metrics)
+    if ctx.rank == 0 and start < cfg.steps:
+        final = Path(cfg.out) / "final"
+        save_model(cfg, vx, final, history)
+    return {**metrics, "history": history}
+
+
+def _ratios_at(cfg: TrainConfig, step: int):
+    from model.training import Curriculum
+
+    return Curriculum.parse(cfg.curriculum, cfg.seed).ratios_at(step)
+
+
+def training_record(cfg: TrainConfig, history: list[dict]) -> dict:
+    """What the saved config.json records about the run (`vxl_training`) and the curriculum keys."""
+    from model.training import Curriculum
+
+    cur = Curriculum.parse(cfg.curriculum, cfg.seed)
+    all_ratios = sorted({r for _, rs in cur.stages for r in rs})
+    return {
+        "beacon_ratio": all_ratios,
+        "beacon_ratio_mix": "step-random",
+        "vxl_training": {"config": cfg.to_dict(), "curriculum": cur.to_dict(), "steps_done": len(history),
+                         "final_loss": history[-1]["loss"] if history else None},
+    }
+
+
+def save_model(cfg: TrainConfig, vx, folder: Path, history: list[dict]) -> Path:
+    """The trained model as a Video-XL checkpoint folder (atomic: written aside, then renamed)."""
+    tmp = folder.with_name(folder.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    was_training = vx.model.training
+    vx.model.eval()
+    try:
+        vx.save_pretrained(tmp, extra_config=training_record(cfg, history))
+    except TypeError:  # save_pretrained without extra_config (older checkpoint writer)
+        vx.save_pretrained(tmp)
+    vx.model.train(was_training)
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder
+
+
+def save_training_checkpoint(cfg: TrainConfig, vx, opt, sched, step: int, history: list[dict]) -> Path:
+    """`out/checkpoints/step_NNNNNN/`: model (Video-XL layout) + `trainer_state.pt` written last."""
+    import torch
+
+    folder = Path(cfg.out) / "checkpoints" / f"step_{step:06d}"
+    save_model(cfg, vx, folder, history)
+    tmp = folder / "trainer_state.pt.partial"
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
+                "history": history, "config": cfg.to_dict()}, tmp)
+    os.replace(tmp, folder / "trainer_state.pt")
+    for old in checkpoint_dirs(cfg.out)[: -cfg.keep_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder

@@ -1,0 +1,157 @@
+"""Training (issue 12): the training forward is the inference forward, the loss is the answer
+tokens' cross-entropy, gradients reach earlier windows through the kept VST K/V, the loss
+decreases, the curriculum follows its schedule and seed, and a run's checkpoint is a loadable
+Video-XL folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.training import Curriculum, Turn, answer_token_ids, sample_loss, turn_logits
+from tasks.train import TrainConfig, fresh_toy_model, prepare_data, train_loop
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return fresh_toy_model(seed=3)
+
+
+def _frames(vx, n=20, seed=0):
+    g = np.random.default_rng(seed)
+    s = vx.config.image_processor["crop_size"]
+    return torch.from_numpy(g.integers(0, 255, size=(n, s, s, 3), dtype=np.uint8))
+
+
+@pytest.mark.timeout(120)
+def test_training_forward_equals_inference_forward(toy):
+    vx = toy
+    frames = _frames(vx)
+    plan = Curriculum(((0, (2, 4, 8, 12, 16)),), seed=1).fixed_plan(
+        20, 0, 0, tokens_per_frame=vx.config.tokens_per_frame, window_tokens=vx.config.beacon_window)
+    assert len({w.ratio for w in plan.windows}) >= 2, "the plan should mix ratios"
+    question, answer = "What colour is the circle?", "red"
+    with torch.no_grad():
+        mem_train = vx.encode_memory(frames, plan)
+        logits = turn_logits(vx, mem_train, question, answer_token_ids(vx, answer))
+    mem_inf = vx.encode(frames, plan)
+    ref = vx.next_token_logits(mem_inf, question)
+    torch.testing.assert_close(mem_train.kv(), mem_inf.kv(), atol=0, rtol=0)
+    assert (logits[0] - ref).abs().max().item() <= 1e-5
+    # every answer row equals the inference path's prediction after the previous answer tokens
+    ids = answer_token_ids(vx, answer)
+    opt_scores = vx.score_options(mem_inf, question, [answer])
+    logp = torch.log_softmax(logits, dim=-1)
+    own = float(logp[torch.arange(len(ids) - 1), torch.tensor(ids[:-1])].sum())
+    assert abs(own - opt_scores[0]) <= 1e-4
+
+
+@pytest.mark.timeout(120)
+def test_loss_is_answer_cross_entropy_and_reaches_earlier_windows(toy):
+    vx = toy
+    frames = _frames(vx, n=24, seed=1)
+    plan = vx.plan(24, ratio=8)
+    assert len(plan.windows) == 3
+    turns = [Turn("What colour is the circle?", "red"), Turn("How many scenes does the video have?", "3")]
+    memory = vx.encode_memory(frames, plan)  # with grad
+    kv0 = memory.window_kv[0]
+    assert kv0.requires_grad
+    loss_sum, count = 0.0, 0
+    for t in turns:  # independent: log-softmax of the logits, picked at the targets, by hand
+        ids = answer_token_ids(vx, t.answer)
+        lg = turn_logits(vx, memory, t.question, ids)
+        loss_sum = loss_sum - torch.log_softmax(lg, -1)[torch.arange(len(ids)), torch.tensor(ids)].sum()
+        count += len(ids)
+    loss, ntok, per_turn = sample_loss(vx, frames, plan, turns)
+    assert ntok == count == sum(len(answer_token_ids(vx, t.answer)) for t in turns)
+    assert abs(loss.item() - loss_sum.item() / count) <= 1e-5
+    # the answer's gradient reaches the first window's VSTs, and window 2 depends on window 1's
+    (g0,) = torch.autograd.grad(loss_sum, kv0, retain_graph=True)
+    assert g0.abs().sum() > 0
+    (g01,) = torch.autograd.grad(memory.window_kv[1].sum(), kv0)
+    assert g01.abs().sum() > 0
+
+
+@pytest.mark.timeout(180)
+def test_window_checkpointing_gives_the_same_loss_and_gradients(toy):
+    vx = toy
+    frames = _frames(vx, n=20, seed=2)
+    plan = vx.plan(20, ratio=4)
+    turns = [Turn("What shape appears in the video?", "circle")]
+    grads = []
+    for ckpt in (False, True):
+        vx.model.zero_grad(set_to_none=True)
+        loss, _, _ = sample_loss(vx, frames, plan, turns, checkpoint_windows=ckpt)
+        loss.backward()
+        grads.append((float(loss), {n: p.grad.clone() for n, p in vx.model.named_parameters() if p.grad is not None}))
+    vx.model.zero_grad(set_to_none=True)
+    assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-6)
+    assert grads[0][1].keys() == grads[1][1].keys() and len(grads[0][1]) > 20
+    for n, g in grads[0][1].items():
+        torch.testing.assert_close(grads[1][1][n], g, atol=1e-6, rtol=1e-4, msg=n)
+
+
+def test_curriculum_follows_schedule_and_seed():
+    cur = Curriculum.parse("0:2,4;5:2,4,8,12,16", seed=7)
+    assert cur.ratios_at(0) == (2, 4) and cur.ratios_at(4) == (2, 4) and cur.ratios_at(5) == (2, 4, 8, 12, 16)
+    geom = dict(tokens_per_frame=16, window_tokens=128)
+    early = [w.ratio for s in range(5) for i in range(8) for w in cur.fixed_plan(80, s, i, **geom).windows]
+    late = [w.ratio for s in range(5, 10) for i in range(8) for w in cur.fixed_plan(80, s, i, **geom).windows]
+    assert set(early) == {2, 4}
+    assert set(late) == {2, 4, 8, 12, 16}  # 400 windows: every ratio drawn
+    # a new ratio per window (step-random), reproducible from the seed, different for another seed
+    one = [w.ratio for w in cur.fixed_plan(80, 6, 3, **geom).windows]
+    assert len(set(one)) > 1
+    assert one == [w.ratio for w in Curriculum.parse("0:2,4;5:2,4,8,12,16", seed=7).fixed_plan(80, 6, 3, **geom).windows]
+    others = [[w.ratio for w in Curriculum.parse("0:2,4;5:2,4,8,12,16", seed=s).fixed_plan(80, 6, 3, **geom).windows]
+              for s in range(8, 12)]
+    assert any(o != one for o in others)
+    # the draw is uniform over the set: chi-square against uniform over 400 windows (p > 1e-4)
+    counts = np.array([late.count(r) for r in (2, 4, 8, 12, 16)])
+    chi2 = float(((counts - len(late) / 5) ** 2 / (len(late) / 5)).sum())
+    assert chi2 < 23.5  # chi-square, 4 degrees of freedom, p = 1e-4
+    with pytest.raises(ValueError, match="STEP:R1"):
+        Curriculum.parse("0:2,x")
+    with pytest.raises(ValueError, match="start at step 0"):
+        Curriculum.parse("5:2,4")
+
+
+@pytest.mark.timeout(400)
+def test_loss_decreases_and_the_run_writes_a_loadable_checkpoint(tmp_path):
+    from model.video_xl import load_model
+
+    cfg = TrainConfig(out=str(tmp_path / "run"), data=["toy:4:7"], steps=20, batch_size=2, lr=3e-3, warmup_steps=2,
+                      max_frames=12, questions_per_sample=2, question_types=["bg_start", "scene_count"],
+                      checkpoint_every=0, curriculum="0:4")
+    items = prepare_data(cfg)
+    res = train_loop(cfg, items=items)
+    losses = [h["loss"] for h in res["history"]]
+    assert len(losses) == 20
+    assert np.mean(losses[-4:]) < 0.6 * np.mean(losses[:4]), losses
+    final = tmp_path / "run" / "final"
+    vx = load_model(final, device="cpu")
+    cfg_json = json.loads((final / "config.json").read_text())
+    assert cfg_json["beacon_ratio"] == [4] and cfg_json["beacon_ratio_mix"] == "step-random"
+    assert cfg_json["vxl_training"]["config"]["steps"] == 20
+    # Video-XL's layout: the original code's config keys and tokenizer files (tests/data/oracle)
+    oracle = Path(__file__).parent / "data" / "oracle" / "checkpoint"
+    missing = set(json.loads((oracle / "config.json").read_text())) - set(cfg_json)
+    assert not missing, f"config.json lacks the original's keys {sorted(missing)}"
+    assert "rope_parameters" not in cfg_json and cfg_json["rope_theta"] == vx.config.rope_theta
+    files = {p.name for p in oracle.iterdir() if p.is_file() and not p.name.endswith(".safetensors")}
+    assert files - {"model.safetensors.index.json"} <= {p.name for p in final.iterdir()}
+    # the loaded model computes what the trained one computed
+    frames = _frames(vx, n=12, seed=4)
+    plan = vx.plan(12, ratio=4)
+    trained = fresh_toy_model(seed=0)
+    from model.checkpoint import read_safetensors, to_module_keys
+
+    trained.model.load_state_dict(to_module_keys(read_safetensors(final)), strict=True)
+    trained.model.eval()
+    q = "How many scenes does the video have?"
+    torch.testing.assert_close(vx.next_token_logits(vx.encode(frames, plan), q),
+                               trained.next_token_logits(trained.encode(frames, plan), q), atol=0, rtol=0)
