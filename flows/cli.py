@@ -31,6 +31,7 @@ _COMMAND_MODULES = (
     "flows.cli_archive",
     "flows.cli_vico",
     "flows.cli_demo",
+    "flows.cli_train",
 )
 
 for _name in _COMMAND_MODULES:
