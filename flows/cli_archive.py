@@ -2,7 +2,7 @@
 
 Every command takes `--archive URI` (default: $VXL_ARCHIVE, else ./archive) and `--json`.
 Exit status: 0 success, 1 infrastructure error, 2 usage error (e.g. unknown video id),
-3 `verify` found problems.
+3 `verify` found problems, or `recode` could not convert some videos.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ LS_FIELDS = (
     "num_windows",
     "num_vst_tokens",
     "kv_bytes",
+    "kv_raw_bytes",
+    "kv_codec",
     "dtype",
     "duration_s",
     "indexed_at",
@@ -102,7 +104,8 @@ def register(app: typer.Typer) -> None:
         if as_json:
             _print_json(rows)
             return
-        typer.echo(f"{'video_id':<25} {'status':<8} {'fp':<8} {'win':>4} {'vst':>7} {'kv':>10}  source / error")
+        typer.echo(f"{'video_id':<25} {'status':<8} {'fp':<8} {'win':>4} {'vst':>7} {'kv':>10} {'codec':<6}  "
+                   "source / error")
         for r in rows:
             tail = r["source_uri"] or ""
             if r["status"] != "indexed":
@@ -111,7 +114,7 @@ def register(app: typer.Typer) -> None:
                 f"{r['video_id'][:25]:<25} {r['status']:<8} {r['model_fingerprint'][:8]:<8} "
                 f"{r['num_windows'] if r['num_windows'] is not None else '-':>4} "
                 f"{r['num_vst_tokens'] if r['num_vst_tokens'] is not None else '-':>7} "
-                f"{_size(r['kv_bytes']):>10}  {tail}"
+                f"{_size(r['kv_bytes']):>10} {(r['kv_codec'] or ('raw' if r['status'] == 'indexed' else '-')):<6}  {tail}"
             )
         typer.echo(f"{len(rows)} row(s)")
 
@@ -204,19 +207,84 @@ def register(app: typer.Typer) -> None:
 
     @sub.command("stats")
     def stats_cmd(archive: str = ArchiveOpt, as_json: bool = JsonOpt) -> None:
-        """Counts, K/V bytes and bytes on disk."""
+        """Counts, K/V bytes (stored and raw, per codec, with the ratio to raw) and bytes on disk."""
         st = _open(archive).stats()
         if as_json:
             _print_json(st)
             return
         for k, v in st.items():
-            if k in ("kv_bytes",):
+            if k in ("kv_bytes", "kv_raw_bytes"):
                 v = f"{v} ({_size(v)})"
+            if k == "kv_over_raw" and v is not None:
+                v = f"{v:.4f}"
+            if k == "kv_codecs":
+                v = "; ".join(f"{n}: {c['videos']} video(s), {_size(c['kv_bytes'])} of {_size(c['kv_raw_bytes'])} "
+                              f"raw ({c['ratio_to_raw']:.3f}x)" if c["ratio_to_raw"] is not None else
+                              f"{n}: {c['videos']} video(s)" for n, c in v.items()) or "-"
             if k == "disk_bytes" and v:
                 v = ", ".join(f"{n} {_size(b)}" for n, b in v.items())
             if k == "disk_over_kv" and v:
                 v = f"{v:.4f}"
             typer.echo(f"{k:>15}: {v}")
+
+    @sub.command("recode")
+    def recode_cmd(
+        video_ids: list[str] = typer.Argument(None, help="Video ids (or unique prefixes); default: every "
+                                                         "indexed video."),
+        kv_codec: str = typer.Option(..., "--kv-codec", help="Target codec: raw, int8, int4, int8-zstd, int4-zstd."),
+        archive: str = ArchiveOpt,
+        as_json: bool = JsonOpt,
+        fingerprint: str = typer.Option(None, "--fingerprint", help="Only memories of this model fingerprint."),
+        force: bool = typer.Option(False, "--force", help="Rewrite memories already stored with this codec."),
+    ) -> None:
+        """Rewrite stored memories with another K/V codec, one video at a time, atomically.
+
+        Each video's new rows are written first; one commit switches the video to them; the old rows
+        are deleted after it. A reader, or a recode killed at any point, sees the old memory or the
+        new one. From a quantized codec the dequantized values are re-encoded (the quantization
+        error is kept, also when recoding to raw).
+        """
+        from storage import ArchiveError, CorruptBlob
+        from storage.kvcodec import KV_CODECS
+
+        if kv_codec not in KV_CODECS:
+            typer.echo(f"error: --kv-codec must be one of {list(KV_CODECS)}, got {kv_codec!r}", err=True)
+            raise typer.Exit(2)
+        arch = _open(archive)
+        ids = {_resolve_id(arch, v) for v in video_ids} if video_ids else None
+        recs = [r for r in arch.list_videos("status = 'indexed'")
+                if (ids is None or r.video_id in ids) and (fingerprint is None or r.model_fingerprint == fingerprint)]
+        results, failed = [], 0
+        for r in recs:
+            try:
+                res = arch.recode(r.video_id, r.model_fingerprint, kv_codec, force=force)
+            except (CorruptBlob, ArchiveError, OSError, RuntimeError, ValueError) as exc:  # this video only
+                failed += 1
+                res = {"video_id": r.video_id, "model_fingerprint": r.model_fingerprint, "status": "failed",
+                       "from": r.codec_name, "to": kv_codec, "error": str(exc)}
+            results.append(res)
+            if not as_json:
+                if res["status"] == "failed":
+                    typer.echo(f"FAILED {r.video_id} [{res['from']} -> {kv_codec}]: {res['error']}", err=True)
+                else:
+                    typer.echo(f"{res['status']:<9} {r.video_id[:25]:<25} {r.model_fingerprint[:8]} "
+                               f"{res['from']} -> {res['to']}: {_size(res['kv_bytes_before'])} -> "
+                               f"{_size(res['kv_bytes'])} ({_size(res['kv_raw_bytes'])} raw)")
+        before = sum(x.get("kv_bytes_before") or 0 for x in results if x["status"] != "failed")
+        after = sum(x.get("kv_bytes") or 0 for x in results if x["status"] != "failed")
+        summary = {"to": kv_codec, "videos": len(results),
+                   "recoded": sum(1 for x in results if x["status"] == "recoded"),
+                   "unchanged": sum(1 for x in results if x["status"] == "unchanged"),
+                   "conflict": sum(1 for x in results if x["status"] == "conflict"),
+                   "failed": failed, "kv_bytes_before": before, "kv_bytes": after}
+        if as_json:
+            _print_json({**summary, "results": results})
+        else:
+            typer.echo(f"recoded {summary['recoded']}, unchanged {summary['unchanged']}, changed meanwhile "
+                       f"{summary['conflict']}, failed {failed} of {len(results)} video(s); K/V "
+                       f"{_size(before)} -> {_size(after)}")
+        if failed:
+            raise typer.Exit(3)
 
     @sub.command("compact")
     def compact_cmd(

@@ -93,6 +93,10 @@ def index(
     accept_numerics_change: bool = typer.Option(
         False, "--accept-numerics-change", help="Accept (and record in the archive) a numerics change: this "
         "environment's probe differs from the one the archive's memories were computed with."),
+    kv_codec: str = typer.Option("raw", "--kv-codec", help="How the memories are stored: 'raw' (bit-exact), "
+                                 "'int8' (about 0.52x the bytes) or 'int4' (about 0.27x), or their '-zstd' "
+                                 "variants (docs/ARCHIVE_FORMAT.md). Not a setting change: videos already "
+                                 "indexed are skipped; `vxl archive recode` converts them."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     no_flow: bool = typer.Option(False, "--no-flow", hidden=True,
                                  help="Run the pipeline without Prefect's engine (debugging, tests)."),
@@ -126,7 +130,7 @@ def index(
     kw = dict(chunking=chunking, ratio=ratio, target_ratio=target_ratio, clip_model=clip_model,
               clip_weights=clip_weights, fps=fps, max_frames=max_frames, frames=frames, workers=workers,
               ray_address=ray_address, force=force, retry_failed=retry_failed, decode_timeout_s=decode_timeout,
-              decoder=decoder, accept_numerics_change=accept_numerics_change)
+              decoder=decoder, accept_numerics_change=accept_numerics_change, kv_codec=kv_codec)
     try:
         make_options(model, **kw).validate()
         _discover(sources)  # fail fast on missing sources, before Ray and Prefect start
@@ -168,7 +172,9 @@ def index(
             f"indexed {s['indexed']}, skipped {s['skipped']}"
             + (f" ({prev} failed before; --retry-failed retries them)" if prev else "")
             + f", failed {s['failed']} of {s['total']} videos; {s['frames']} frames, "
-            f"{_human_bytes(s['kv_bytes'])} K/V, {s['seconds']:.1f} s ({s['frames_per_s']:.1f} frames/s)"
+            f"{_human_bytes(s['kv_bytes'])} K/V"
+            + (f" ({kv_codec}; {_human_bytes(s['kv_raw_bytes'])} raw)" if kv_codec != "raw" else "")
+            + f", {s['seconds']:.1f} s ({s['frames_per_s']:.1f} frames/s)"
         )
     raise typer.Exit(report.exit_code)
 

@@ -39,6 +39,7 @@ def index_corpus(
     decode_timeout_s: float = 120.0,
     decoder: str = "auto",
     accept_numerics_change: bool = False,
+    kv_codec: str = "raw",
 ) -> dict:
     """Index every video of `sources` (folders, globs, .csv/.jsonl/.parquet manifests with a `uri`
     column) into the archive at `archive` (folder or object-store URI).
@@ -64,6 +65,7 @@ def index_corpus(
             "torchcodec"; all frame-exact (each falls back to pyav where it is not).
         accept_numerics_change: accept (and record) a worker whose numerics probe differs from the
             archive's, instead of stopping with `NumericsChanged` (docs/OPERATIONS.md, "Numerics canary").
+        kv_codec: how memories are stored: "raw" (bit-exact), "int8", "int4" (`storage.kvcodec`).
 
     Returns:
         `IndexReport` as a dict (`indexed`, `skipped`, `failed`, `frames`, `kv_bytes`, `seconds`, ...).
@@ -73,7 +75,7 @@ def index_corpus(
                         clip_weights=clip_weights, fps=fps, max_frames=max_frames, frames=frames, workers=workers,
                         ray_address=ray_address, force=force, retry_failed=retry_failed,
                         decode_timeout_s=decode_timeout_s, decoder=decoder,
-                        accept_numerics_change=accept_numerics_change)
+                        accept_numerics_change=accept_numerics_change, kv_codec=kv_codec)
     opts.validate()
     found = discover_videos(sources)
     check_archive(archive)

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from model.memory import VSTMemory, WindowSpan
-from storage import codec
+from storage import codec, kvcodec
 from storage.errors import ArchiveError, CorruptBlob, FingerprintMismatch, VideoNotFound
 from storage.schema import (
     ADDED_COLUMNS,
@@ -61,7 +61,7 @@ class VideoRecord:
     """One row of `videos`: a video as indexed (or failed) by one model. Key (video_id, model_fingerprint).
 
     Fields filled by `Archive.put` from the memory: status, num_windows, num_vst_tokens, kv_bytes,
-    dtype, write_id (and indexed_at when None).
+    kv_raw_bytes, kv_codec, dtype, write_id (and indexed_at when None).
     """
 
     video_id: str
@@ -99,7 +99,7 @@ class VideoRecord:
     num_vst_tokens: int | None = None
     """VST tokens over all windows (sink excluded)."""
     kv_bytes: int | None = None
-    """raw K/V bytes stored (sink + windows)."""
+    """K/V bytes stored (sink + windows), as encoded by `kv_codec` (= the raw size for `raw`)."""
     dtype: str | None = None
     """K/V dtype name ('float32' | 'float16' | 'bfloat16')."""
     memory_meta: str | None = None
@@ -118,6 +118,21 @@ class VideoRecord:
     library_versions: str | None = None
     """JSON of `model.environment.library_versions()` of the process that computed the memory
     (torch, transformers, tokenizers, decoders, CUDA/cuDNN or "cpu", device); None before format 2."""
+    kv_codec: str | None = None
+    """`storage.kvcodec` codec of the window rows ('raw', 'int8', 'int4'); None before format 3 (= raw)."""
+    kv_raw_bytes: int | None = None
+    """K/V bytes of the memory in its dtype, unencoded (what `raw` stores); None before format 3
+    (= kv_bytes)."""
+
+    @property
+    def codec_name(self) -> str:
+        """`kv_codec`, with rows from before format 3 read as 'raw'."""
+        return self.kv_codec or "raw"
+
+    @property
+    def raw_bytes(self) -> int | None:
+        """`kv_raw_bytes`, with rows from before format 3 read as `kv_bytes`."""
+        return self.kv_raw_bytes if self.kv_raw_bytes is not None else self.kv_bytes
 
     @property
     def key(self) -> str:
@@ -143,7 +158,8 @@ class Problem:
     window: int | None
     """window index, -1 = sink, None = the video as a whole."""
     kind: str
-    """'checksum' | 'missing' | 'invariant' | 'duplicate' | 'schema'."""
+    """'checksum' | 'missing' | 'codec' (a quantized blob's header disagrees with its row) | 'invariant' |
+    'duplicate' | 'schema'."""
     detail: str
 
 
@@ -425,6 +441,8 @@ class Archive:
         record: VideoRecord,
         memory: VSTMemory,
         window_embeddings: np.ndarray | None = None,
+        *,
+        kv_codec: str | None = None,
     ) -> VideoRecord:
         """Store `memory` as the memory of `record.video_id` under `record.model_fingerprint`.
 
@@ -432,18 +450,23 @@ class Archive:
         the same key replaces the first), safe with concurrent writers.
 
         Args:
-            record: the `videos` row; status, counts, dtype, write_id are filled in from `memory`.
+            record: the `videos` row; status, counts, dtype, codec, write_id are filled in from `memory`.
             memory: sink `(L, 2, Hkv, S, D)` and windows `(L, 2, Hkv, T_w, D)`, float32/16 or bf16.
             window_embeddings: optional float32 `(num_windows, E)` per-window CLIP embeddings.
+            kv_codec: `storage.kvcodec` codec of the window rows: 'raw' (None, the default: bit-exact),
+                'int8' or 'int4' (the sink row is always raw). A storage property: the fingerprint
+                is unchanged; `recode` changes it later.
 
         Returns:
-            The committed record.
+            The committed record (`kv_bytes` = bytes stored, `kv_raw_bytes` = their raw size).
 
         Raises:
-            ValueError: memory fingerprint differs from the record's, unsupported dtype, bad embeddings.
+            ValueError: memory fingerprint differs from the record's, unsupported dtype or codec,
+                bad embeddings.
         """
         write_id = uuid.uuid4().hex
         now = datetime.now(UTC)
+        kvc = kvcodec.get_codec(kv_codec)
         kv = codec.memory_to_arrow(
             memory,
             video_id=record.video_id,
@@ -451,6 +474,7 @@ class Archive:
             write_id=write_id,
             window_embeddings=window_embeddings,
             written_at=now,
+            kv_codec=kvc,
         )
         rec = dataclasses.replace(
             record,
@@ -459,17 +483,44 @@ class Archive:
             error=None,
             num_windows=len(memory.windows),
             num_vst_tokens=memory.num_vst,
-            kv_bytes=memory.nbytes,
+            kv_bytes=sum(kv.column("nbytes").to_pylist()),
+            kv_raw_bytes=memory.nbytes,
+            kv_codec=kvc.name,
             dtype=codec.dtype_name(memory.dtype),
             memory_meta=codec.meta_to_json(memory.meta),
             indexed_at=record.indexed_at or now,
             write_id=write_id,
         )
+        self._write_and_commit(rec, kv)
+        return rec
+
+    def _write_and_commit(self, rec: VideoRecord, kv: pa.Table, *, replaces: str | None = None) -> bool:
+        """Steps 1-3 of the write protocol for `rec` (whose `write_id` names the rows of `kv`).
+
+        With `replaces` (a write_id), the commit happens only if the committed row still names that
+        write (a conditional `merge_insert`: no other put or recode came in between, and the video
+        was not removed); otherwise the new rows are deleted again and False is returned.
+        """
         vst = self._table("vst_kv")
-        _retry(lambda: vst.add(kv), f"write K/V of {record.video_id}")  # 1. invisible rows
-        prev = self._committed_write_id(rec.key)
-        self._commit_video(rec.to_row())  # 2. the commit point
-        if prev is not None and prev != write_id:  # 3. a replaced write is never committed again
+        _retry(lambda: vst.add(kv), f"write K/V of {rec.video_id}")  # 1. invisible rows
+        if replaces is None:
+            prev = self._committed_write_id(rec.key)
+            self._commit_video(rec.to_row())  # 2. the commit point
+        else:
+            prev = replaces
+            tbl = self._table("videos")
+            data = _table_from_rows([rec.to_row()], VIDEOS_SCHEMA)
+            cond = f"target.write_id = {_q(replaces)} AND target.status = {_q(STATUS_INDEXED)}"
+            res = _retry(lambda: tbl.merge_insert("key").when_matched_update_all(where=cond).execute(data),
+                         f"commit video {rec.video_id}")  # 2. the commit point (or nothing)
+            if getattr(res, "num_updated_rows", 1) != 1:
+                try:
+                    _retry(lambda: vst.delete(f"key = {_q(rec.key)} AND write_id = {_q(rec.write_id)}"),
+                           "delete an uncommitted write")
+                except (OSError, RuntimeError, ValueError):  # garbage stays for `compact`
+                    pass
+                return False
+        if prev is not None and prev != rec.write_id:  # 3. a replaced write is never committed again
             try:
                 _retry(
                     lambda: vst.delete(f"key = {_q(rec.key)} AND write_id = {_q(prev)}"),
@@ -477,7 +528,53 @@ class Archive:
                 )
             except (OSError, RuntimeError, ValueError):  # garbage stays for `compact`
                 pass
-        return rec
+        return True
+
+    def recode(self, video_id: str, fingerprint: str, kv_codec: str, *, force: bool = False) -> dict[str, Any]:
+        """Rewrite the stored memory of `video_id` (for `fingerprint`) with codec `kv_codec`.
+
+        The same write protocol as `put`: the new rows are added under a fresh write_id, the
+        `videos` row is switched to them in one commit, and only then are the old rows deleted; a
+        reader (or a process killed at any point) sees the old memory or the new one, never a mix.
+        The commit is conditional on the video still naming the write that was read: a put or
+        recode by another process in between wins, and this one is dropped ('conflict').
+        Everything but the codec and the byte counts is kept (plan, times, embeddings, meta,
+        indexed_at). From a quantized codec the dequantized values are re-encoded: quantization
+        error is not undone (recoding to `raw` stores the dequantized values bit-exactly).
+
+        Returns:
+            {"video_id", "model_fingerprint", "status": 'recoded' | 'unchanged' | 'conflict',
+             "from", "to", "kv_bytes_before", "kv_bytes", "kv_raw_bytes"}.
+
+        Raises:
+            VideoNotFound, FingerprintMismatch: as `load_memory`.
+            CorruptBlob: a stored blob fails its checks (nothing is written).
+            ValueError: unknown codec.
+        """
+        kvc = kvcodec.get_codec(kv_codec)
+        rec, ds, rows = self._committed(video_id, fingerprint, cached=False)
+        out = {"video_id": video_id, "model_fingerprint": fingerprint, "from": rec.codec_name, "to": kvc.name,
+               "kv_bytes_before": rec.kv_bytes, "kv_bytes": rec.kv_bytes, "kv_raw_bytes": rec.raw_bytes}
+        if rec.codec_name == kvc.name and not force:
+            return {**out, "status": "unchanged"}
+        for r in rows:
+            codec.check_row(r)
+        blobs = self._read_blobs(ds, rows)
+        meta = json.loads(rec.memory_meta) if rec.memory_meta else {}
+        memory = codec.memory_from_rows(rows, blobs, fingerprint=fingerprint, meta=meta)
+        wins = [r for r in rows if r["window"] != SINK_WINDOW]
+        embs = [r["clip_embedding"] for r in wins]
+        emb = np.asarray(embs, dtype=np.float32) if wins and all(e is not None for e in embs) else None
+        write_id = uuid.uuid4().hex
+        kv = codec.memory_to_arrow(memory, video_id=rec.video_id, fingerprint=rec.model_fingerprint,
+                                   write_id=write_id, window_embeddings=emb, written_at=datetime.now(UTC),
+                                   kv_codec=kvc)
+        new = dataclasses.replace(rec, write_id=write_id, kv_codec=kvc.name,
+                                  kv_bytes=sum(kv.column("nbytes").to_pylist()),
+                                  kv_raw_bytes=memory.nbytes)
+        if not self._write_and_commit(new, kv, replaces=rec.write_id):
+            return {**out, "status": "conflict"}
+        return {**out, "status": "recoded", "kv_bytes": new.kv_bytes, "kv_raw_bytes": new.kv_raw_bytes}
 
     def put_failed(self, record: VideoRecord, *, replace_indexed: bool = False) -> bool:
         """Record that indexing `record.video_id` failed (status 'failed', error_kind, error).
@@ -645,6 +742,8 @@ class Archive:
         video_id: str,
         fingerprint: str,
         windows: Sequence[int] | tuple[float, float] | None = None,
+        *,
+        device: Any = None,
     ) -> VSTMemory:
         """Read the memory of `video_id` made by the model with `fingerprint`, verifying checksums.
 
@@ -652,10 +751,13 @@ class Archive:
             windows: None for all windows; a list (or other non-tuple iterable) of window indices;
                 or a `(start_s, end_s)` tuple: the windows overlapping that range of seconds.
                 Only the blobs of the selected windows (plus the sink) are read.
+            device: where the tensors go (default CPU). Quantized rows are copied there as codes
+                and dequantized there (on the GPU when the answering model is there).
 
         Returns:
-            `VSTMemory` on the CPU: sink `(L, 2, Hkv, S, D)`, selected windows in index order,
-            their `WindowSpan`s, `fingerprint`, and the stored `meta`.
+            `VSTMemory` on `device`, in the memory's dtype (the model's): sink `(L, 2, Hkv, S, D)`,
+            selected windows in index order, their `WindowSpan`s, `fingerprint`, and the stored
+            `meta` plus `meta["kv_codec"]`, the codec the K/V were stored with ('raw', 'int8', 'int4').
 
         Raises:
             VideoNotFound: no such video, or its indexing failed.
@@ -665,17 +767,18 @@ class Archive:
             ValueError: a time range on a memory without timestamps.
         """
         try:
-            return self._load(video_id, fingerprint, windows, cached=True)
+            return self._load(video_id, fingerprint, windows, cached=True, device=device)
         except (CorruptBlob, OSError, RuntimeError):
             # A cached row address gone stale, a sidecar removed by `compact`, or real corruption:
             # read again with fresh scans and through Lance only; a real fault raises from here.
             self._video_cache.pop(video_id, None)
             for k in [k for k in list(self._kv_cache) if k[0] == f"{video_id}/{fingerprint}"]:
                 self._kv_cache.pop(k, None)
-            return self._load(video_id, fingerprint, windows, cached=False)
+            return self._load(video_id, fingerprint, windows, cached=False, device=device)
 
     def _load(
-        self, video_id: str, fingerprint: str, windows: Sequence[int] | tuple[float, float] | None, *, cached: bool
+        self, video_id: str, fingerprint: str, windows: Sequence[int] | tuple[float, float] | None, *, cached: bool,
+        device: Any = None,
     ) -> VSTMemory:
         rec, ds, rows = self._committed(video_id, fingerprint, cached=cached)
         sink = [r for r in rows if r["window"] == SINK_WINDOW]
@@ -696,9 +799,12 @@ class Archive:
                 raise KeyError(f"video {video_id}: windows {missing} not stored (has 0..{len(wins) - 1})")
             chosen = [by_index[i] for i in wanted]
         sel = sink + chosen
+        for r in sel:  # sizes and shapes checked before any buffer is allocated from them
+            codec.check_row(r)
         blobs = self._read_blobs(ds, sel)
         meta = json.loads(rec.memory_meta) if rec.memory_meta else {}
-        return codec.memory_from_rows(sel, blobs, fingerprint=fingerprint, meta=meta)
+        meta["kv_codec"] = rec.codec_name
+        return codec.memory_from_rows(sel, blobs, fingerprint=fingerprint, meta=meta, device=device)
 
     @staticmethod
     def _read_blobs(ds, rows: list[dict]) -> list[Any]:
@@ -791,12 +897,14 @@ class Archive:
             if check_blobs:
                 for row in rows:
                     try:
+                        codec.check_row(row)
                         blob = self._read_blobs(ds, [row])[0]
-                        codec.decode_blob(row, blob)
+                        codec.check_blob(row, blob)
                         rep.blobs_checked += 1
                         rep.bytes_checked += int(row["nbytes"])
                     except CorruptBlob as exc:
-                        kind = "checksum" if "checksum" in str(exc) else "missing"
+                        msg = str(exc)
+                        kind = "checksum" if "checksum" in msg else "missing" if "missing" in msg else "codec"
                         rep.problems.append(Problem(rec.video_id, rec.model_fingerprint, row["window"], kind, str(exc)))
                     except (OSError, RuntimeError, ValueError) as exc:
                         rep.problems.append(
@@ -824,17 +932,26 @@ class Archive:
             bad(None, f"window tokens sum to {sum(m['num_tokens'] for m in wins)}, videos says {rec.num_vst_tokens}")
         if sum(m["nbytes"] for m in rows) != rec.kv_bytes:
             bad(None, f"blob bytes sum to {sum(m['nbytes'] for m in rows)}, videos says {rec.kv_bytes}")
+        codecs = {codec.row_codec(m) for m in rows}
+        if not codecs <= {rec.codec_name, kvcodec.RAW.name}:
+            bad(None, f"rows hold codecs {sorted(codecs)}, videos says {rec.codec_name}")
         geo = {(m["dtype"], m["shape"][0], m["shape"][1], m["shape"][2], m["shape"][4]) for m in rows}
         if len(geo) > 1:
             bad(None, f"rows disagree on dtype/geometry: {sorted(geo)}")
+        raw_total = 0
         for m in rows:
             shape = m["shape"]
             if m["dtype"] not in codec.DTYPES or len(shape) != 5 or shape[1] != 2:
                 bad(m["window"], f"bad dtype/shape {m['dtype']} {shape}")
                 continue
-            item = 4 if m["dtype"] == "float32" else 2
-            if shape[3] != m["num_tokens"] or int(np.prod(shape)) * item != m["nbytes"]:
-                bad(m["window"], f"shape {shape} disagrees with num_tokens {m['num_tokens']} / nbytes {m['nbytes']}")
+            raw_total += codec.raw_nbytes(m)
+            try:
+                codec.check_row(m)
+            except CorruptBlob as exc:
+                bad(m["window"], f"shape {shape} disagrees with num_tokens {m['num_tokens']} / nbytes {m['nbytes']} "
+                                 f"({exc})")
+        if rec.kv_raw_bytes is not None and raw_total != rec.kv_raw_bytes:
+            bad(None, f"raw sizes of the rows sum to {raw_total}, videos says kv_raw_bytes {rec.kv_raw_bytes}")
         return out
 
     def _disk_bytes(self) -> dict[str, int] | None:
@@ -854,9 +971,12 @@ class Archive:
         return out
 
     def stats(self) -> dict[str, Any]:
-        """Counts and sizes: videos (indexed/failed), windows, tokens, raw K/V bytes, disk bytes."""
+        """Counts and sizes: videos (indexed/failed), windows, tokens, K/V bytes stored and raw (in
+        total and per codec: `kv_codecs[name]` = {videos, kv_bytes, kv_raw_bytes, ratio_to_raw}),
+        disk bytes."""
         vids = self._ds("videos").to_table(
-            columns=["key", "status", "write_id", "num_windows", "num_vst_tokens", "kv_bytes"]
+            columns=["key", "status", "write_id", "num_windows", "num_vst_tokens", "kv_bytes", "kv_codec",
+                     "kv_raw_bytes"]
         ).to_pylist()
         live = {(r["key"], r["write_id"]) for r in vids if r["status"] == STATUS_INDEXED}
         kv_rows = self._ds("vst_kv").to_table(columns=["key", "write_id"]).to_pylist()
@@ -864,6 +984,15 @@ class Archive:
         indexed = [r for r in vids if r["status"] == STATUS_INDEXED]
         disk = self._disk_bytes()
         kv_bytes = sum(r["kv_bytes"] or 0 for r in indexed)
+        per_codec: dict[str, dict[str, Any]] = {}
+        for r in indexed:
+            c = per_codec.setdefault(r["kv_codec"] or "raw", {"videos": 0, "kv_bytes": 0, "kv_raw_bytes": 0})
+            c["videos"] += 1
+            c["kv_bytes"] += r["kv_bytes"] or 0
+            c["kv_raw_bytes"] += r["kv_raw_bytes"] if r["kv_raw_bytes"] is not None else (r["kv_bytes"] or 0)
+        for c in per_codec.values():
+            c["ratio_to_raw"] = c["kv_bytes"] / c["kv_raw_bytes"] if c["kv_raw_bytes"] else None
+        kv_raw = sum(c["kv_raw_bytes"] for c in per_codec.values())
         out = {
             "uri": self.uri,
             "format_version": FORMAT_VERSION,
@@ -874,6 +1003,9 @@ class Archive:
             "windows": sum(r["num_windows"] or 0 for r in indexed),
             "vst_tokens": sum(r["num_vst_tokens"] or 0 for r in indexed),
             "kv_bytes": kv_bytes,
+            "kv_raw_bytes": kv_raw,
+            "kv_over_raw": kv_bytes / kv_raw if kv_raw else None,
+            "kv_codecs": dict(sorted(per_codec.items())),
             "vst_kv_rows": len(kv_rows),
             "garbage_rows": garbage,
             "answers": self._table("answers").count_rows(),

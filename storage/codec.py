@@ -1,13 +1,16 @@
-"""`VSTMemory` <-> Arrow: raw little-endian K/V bytes, bit-exact for float32, float16 and bfloat16.
+"""`VSTMemory` <-> Arrow: K/V bytes per row, raw (bit-exact) or quantized (`storage.kvcodec`).
 
 pyarrow, numpy, torch (and xxhash for checksums) only: this module works without lancedb, so a
 memory written by the archive can be read back with plain pyarrow (docs/ARCHIVE_FORMAT.md).
 
-One `vst_kv` row per window plus one row for the sink (`window = -1`, kind `sink`). Each row's
-`kv` holds the bytes of a C-contiguous tensor of shape `(L, 2, Hkv, T, D)` in the memory's dtype,
-exactly as `tensor.view(torch.uint8)` lays them out on a little-endian host (bf16 is kept as its
-16 raw bits; nothing is converted). `checksum` is `"xxh3_128:" + hex digest` of those bytes.
-Decoding is zero-copy: tensors are views over the buffers they were read from.
+One `vst_kv` row per window plus one row for the sink (`window = -1`, kind `sink`). With the `raw`
+codec (the default) each row's `kv` holds the bytes of a C-contiguous tensor of shape
+`(L, 2, Hkv, T, D)` in the memory's dtype, exactly as `tensor.view(torch.uint8)` lays them out on a
+little-endian host (bf16 is kept as its 16 raw bits; nothing is converted), and decoding is
+zero-copy: tensors are views over the buffers they were read from. With `int8`/`int4`, window rows
+hold `VXKV` blobs (`storage.kvcodec`) and decoding dequantizes to the memory's dtype, on the device
+asked for; the sink row stays raw. `kv_codec` names each row's codec, `nbytes` is the length of
+`kv`, and `checksum` is `"xxh3_128:" + hex digest` of `kv` as stored (the encoded bytes).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch
 import xxhash
 
 from model.memory import VSTMemory, WindowSpan
+from storage import kvcodec
 from storage.errors import CorruptBlob
 from storage.schema import CHECKSUM_ALGO, SINK_WINDOW, VST_KV_SCHEMA
 
@@ -113,21 +117,25 @@ def memory_to_arrow(
     write_id: str,
     window_embeddings: np.ndarray | None = None,
     written_at: datetime | None = None,
+    kv_codec: str | kvcodec.KVCodec | None = None,
 ) -> pa.Table:
     """The `vst_kv` rows of `memory`: sink first (window -1), then one row per window, time order.
 
     Args:
-        memory: the memory to store (any device; copied to CPU if needed).
+        memory: the memory to store (any device; quantized there, then copied to the CPU).
         video_id, fingerprint, write_id: the row keys.
         window_embeddings: optional float32 `(num_windows, E)` per-window CLIP embeddings.
         written_at: time of the write (UTC, default now); `compact` uses it to age garbage.
+        kv_codec: `storage.kvcodec` codec name (None: `raw`). The sink row is stored raw; a window
+            whose values are not finite or beyond +-`kvcodec.FP16_LIMIT` is stored raw too (its
+            row's `kv_codec` says so).
 
     Returns:
-        A table with schema `storage.schema.VST_KV_SCHEMA`; `kv` holds the raw bytes (one copy).
+        A table with schema `storage.schema.VST_KV_SCHEMA`; `kv` holds the encoded bytes (one copy).
 
     Raises:
-        ValueError: unsupported dtype, fingerprint disagreeing with `memory.fingerprint`, or
-            embeddings of the wrong shape.
+        ValueError: unsupported dtype or codec, fingerprint disagreeing with `memory.fingerprint`,
+            or embeddings of the wrong shape.
     """
     if memory.fingerprint is not None and memory.fingerprint != fingerprint:
         raise ValueError(
@@ -141,8 +149,17 @@ def memory_to_arrow(
         if e.ndim != 2 or e.shape[0] != nwin:
             raise ValueError(f"window_embeddings must be (num_windows={nwin}, E), got {e.shape}")
         emb = [None, *(row for row in e)]
+    codec = kvcodec.get_codec(kv_codec)
     tensors = [memory.sink, *memory.window_kv]
-    raw = [tensor_bytes(t) for t in tensors]
+    names: list[str] = []
+    raw: list[np.ndarray] = []
+    for k, t in enumerate(tensors):
+        if codec.is_raw or (k == 0 and codec.sink_raw) or not kvcodec.quantizable(t):
+            names.append(kvcodec.RAW.name)
+            raw.append(tensor_bytes(t))
+        else:
+            names.append(codec.name)
+            raw.append(kvcodec.encode_tensor(t, codec))
     sizes = np.array([r.nbytes for r in raw], dtype=np.int64)
     offsets = np.zeros(len(raw) + 1, dtype=np.int64)
     np.cumsum(sizes, out=offsets[1:])
@@ -180,6 +197,7 @@ def memory_to_arrow(
         "checksum": sums,
         "clip_embedding": emb,
         "written_at": [written_at or datetime.now(UTC)] * n,
+        "kv_codec": names,
     }
     arrays = [
         kv if f.name == "kv" else pa.array(cols[f.name], type=f.type) for f in VST_KV_SCHEMA
@@ -201,13 +219,85 @@ def span_from_row(row: dict) -> WindowSpan:
     )
 
 
-def decode_blob(row: dict, blob: _BufferLike | None, *, verify: bool = True) -> torch.Tensor:
-    """Tensor of one `vst_kv` row from its metadata `row` and its `kv` bytes.
+def row_codec(row: dict) -> str:
+    """The codec name of a `vst_kv` row (null, from a format 1-2 row, is `raw`)."""
+    return row.get("kv_codec") or kvcodec.RAW.name
+
+
+def raw_nbytes(row: dict) -> int:
+    """Bytes of the row's tensor in its dtype (what `raw` stores), from `shape` and `dtype`."""
+    return math.prod(int(s) for s in row["shape"]) * _ITEMSIZE[DTYPES[row["dtype"]]]
+
+
+def check_row(row: dict) -> None:
+    """Check a `vst_kv` row's metadata before its blob is read: known codec and dtype, a
+    `(L, 2, Hkv, T, D)` shape with `T = num_tokens`, and `nbytes` possible for that shape and codec
+    (exactly the raw size for `raw`; at most header + 5 bytes per value for a quantized codec).
+    A corrupted size or shape is refused here, before any buffer is allocated from it.
 
     Raises:
-        CorruptBlob: missing blob, wrong size, or checksum mismatch (when `verify`).
+        CorruptBlob: naming the video and window.
     """
     vid, win, fp = row["video_id"], int(row["window"]), row.get("model_fingerprint")
+    shape = row.get("shape")
+    name = row_codec(row)
+    if row.get("dtype") not in DTYPES:
+        raise CorruptBlob(vid, win, f"unknown K/V dtype {row.get('dtype')!r}", fp)
+    if name not in kvcodec.KV_CODECS:
+        raise CorruptBlob(vid, win, f"unknown K/V codec {name!r} (this vxl knows {sorted(kvcodec.KV_CODECS)})", fp)
+    if (shape is None or len(shape) != 5 or int(shape[1]) != 2 or any(int(s) < 0 for s in shape)
+            or int(shape[3]) != int(row["num_tokens"])):
+        raise CorruptBlob(vid, win, f"bad shape {shape} for {row['num_tokens']} tokens", fp)
+    nbytes, rawn = int(row["nbytes"]), raw_nbytes(row)
+    if name == kvcodec.RAW.name:
+        ok = nbytes == rawn
+    else:
+        ok = kvcodec.HEADER_BYTES <= nbytes <= kvcodec.HEADER_BYTES + 5 * math.prod(int(s) for s in shape) + 1024
+    if not ok:
+        raise CorruptBlob(vid, win, f"row says {nbytes} blob bytes, impossible for a {name} blob of shape "
+                          f"{list(shape)} {row['dtype']} ({rawn} raw bytes)", fp)
+
+
+def check_blob(row: dict, blob: _BufferLike | None) -> None:
+    """What `decode_blob` checks, without decoding: presence, size, checksum of the stored bytes,
+    and for a quantized row the `VXKV` header against the row (`vxl archive verify`).
+
+    Raises:
+        CorruptBlob: naming the video and window.
+    """
+    vid, win, fp = row["video_id"], int(row["window"]), row.get("model_fingerprint")
+    check_row(row)
+    if blob is None:
+        raise CorruptBlob(vid, win, "K/V blob is missing", fp)
+    nbytes = memoryview(blob).nbytes if not isinstance(blob, np.ndarray) else blob.nbytes
+    if nbytes != int(row["nbytes"]):
+        raise CorruptBlob(vid, win, f"blob has {nbytes} bytes, expected {row['nbytes']}", fp)
+    got = checksum(blob)
+    if got != row["checksum"]:
+        raise CorruptBlob(vid, win, f"checksum {got} != stored {row['checksum']}", fp)
+    if row_codec(row) != kvcodec.RAW.name:
+        try:
+            hdr = kvcodec.read_header(blob, shape=row["shape"], dtype=DTYPES[row["dtype"]])
+        except kvcodec.CodecError as exc:
+            raise CorruptBlob(vid, win, f"{row_codec(row)} blob: {exc}", fp) from exc
+        if hdr.bits != kvcodec.KV_CODECS[row_codec(row)].bits:
+            raise CorruptBlob(vid, win, f"{row_codec(row)} row holds a {hdr.bits}-bit blob", fp)
+
+
+def decode_blob(
+    row: dict, blob: _BufferLike | None, *, verify: bool = True, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Tensor of one `vst_kv` row from its metadata `row` and its `kv` bytes, in the row's dtype.
+
+    A raw row on the CPU is a zero-copy view of `blob`; a quantized row is dequantized on `device`
+    (default CPU), where its codes are copied first.
+
+    Raises:
+        CorruptBlob: missing blob, wrong size, checksum mismatch (when `verify`), or a quantized
+            blob whose header disagrees with the row.
+    """
+    vid, win, fp = row["video_id"], int(row["window"]), row.get("model_fingerprint")
+    check_row(row)
     if blob is None:
         raise CorruptBlob(vid, win, "K/V blob is missing", fp)
     nbytes = memoryview(blob).nbytes if not isinstance(blob, np.ndarray) else blob.nbytes
@@ -217,10 +307,18 @@ def decode_blob(row: dict, blob: _BufferLike | None, *, verify: bool = True) -> 
         got = checksum(blob)
         if got != row["checksum"]:
             raise CorruptBlob(vid, win, f"checksum {got} != stored {row['checksum']}", fp)
+    name = row_codec(row)
+    if name != kvcodec.RAW.name:
+        try:
+            return kvcodec.decode_tensor(blob, shape=row["shape"], dtype=DTYPES[row["dtype"]], device=device,
+                                         bits=kvcodec.KV_CODECS[name].bits)
+        except kvcodec.CodecError as exc:
+            raise CorruptBlob(vid, win, f"{name} blob: {exc}", fp) from exc
     try:
-        return tensor_from_bytes(blob, row["dtype"], row["shape"])
+        t = tensor_from_bytes(blob, row["dtype"], row["shape"])
     except ValueError as exc:
         raise CorruptBlob(vid, win, str(exc), fp) from exc
+    return t if device is None or torch.device(device).type == "cpu" else t.to(device)
 
 
 def memory_from_rows(
@@ -230,11 +328,12 @@ def memory_from_rows(
     fingerprint: str | None = None,
     meta: dict | None = None,
     verify: bool = True,
+    device: torch.device | str | None = None,
 ) -> VSTMemory:
     """A `VSTMemory` from `vst_kv` rows (dicts of the metadata columns) and their blobs.
 
     `rows` must contain exactly one sink row (window -1) and any subset of window rows; windows are
-    returned in index order.
+    returned in index order, on `device` (default CPU; quantized rows are dequantized there).
 
     Raises:
         CorruptBlob: a blob fails its checks, or the rows do not form a valid memory.
@@ -245,7 +344,7 @@ def memory_from_rows(
     sink = None
     wins: list[tuple[WindowSpan, torch.Tensor]] = []
     for row, blob in zip(rows, blobs, strict=True):
-        t = decode_blob(row, blob, verify=verify)
+        t = decode_blob(row, blob, verify=verify, device=device)
         if int(row["window"]) == SINK_WINDOW:
             if sink is not None:
                 raise CorruptBlob(vid, SINK_WINDOW, "two sink rows", fingerprint)
@@ -268,7 +367,8 @@ def memory_from_rows(
 
 
 def memory_from_arrow(
-    table: pa.Table, *, fingerprint: str | None = None, verify: bool = True
+    table: pa.Table, *, fingerprint: str | None = None, verify: bool = True,
+    device: torch.device | str | None = None,
 ) -> VSTMemory:
     """A `VSTMemory` from `vst_kv` rows of one video and write (with the `kv` column), zero-copy.
 
@@ -285,11 +385,17 @@ def memory_from_arrow(
             blobs.append(None if not chunk[i].is_valid else chunk[i].as_buffer())
     if fingerprint is None and rows:
         fingerprint = rows[0].get("model_fingerprint")
-    return memory_from_rows(rows, blobs, fingerprint=fingerprint, verify=verify)
+    return memory_from_rows(rows, blobs, fingerprint=fingerprint, verify=verify, device=device)
+
+
+#: `VSTMemory.meta` keys that `Archive.load_memory` adds (how the memory was stored); not stored.
+STORAGE_META_KEYS = ("kv_codec",)
 
 
 def meta_to_json(meta: dict) -> str | None:
-    """`VSTMemory.meta` as JSON (None when empty); values that JSON cannot hold become strings."""
+    """`VSTMemory.meta` as JSON (None when empty; the `STORAGE_META_KEYS` that a load added are
+    dropped); values that JSON cannot hold become strings."""
+    meta = {k: v for k, v in (meta or {}).items() if k not in STORAGE_META_KEYS}
     if not meta:
         return None
     return json.dumps(meta, default=str, sort_keys=True)

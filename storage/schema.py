@@ -1,8 +1,11 @@
-"""Arrow schemas of the archive tables (format version 2). pyarrow only.
+"""Arrow schemas of the archive tables (format version 3). pyarrow only.
 
 Format history: 1 -> 2 added `videos.library_versions` and the `probes` table (numerics canary);
-a version-1 archive is upgraded in place when opened (`storage.archive.Archive`: a nullable column
-and a new table, metadata-only commits).
+2 -> 3 added K/V codecs (`storage.kvcodec`): `vst_kv.kv_codec`, `videos.kv_codec`,
+`videos.kv_raw_bytes`, `answers.kv_codec` (null on older rows = `raw`), and `kv_bytes`/`nbytes`
+count the bytes as stored (encoded). An older archive is upgraded in place when opened
+(`storage.archive.Archive`: nullable columns and a new table, metadata-only commits); its blobs are
+raw and read unchanged.
 
 The format version and a layout description are written into each table's schema metadata
 (`vxl.format_version`, `vxl.table`, `vxl.layout`), so a reader with plain pyarrow can tell what
@@ -13,9 +16,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-FORMAT_VERSION = "2"
+FORMAT_VERSION = "3"
 #: versions this code opens (older ones are upgraded in place).
-READABLE_VERSIONS = ("1", "2")
+READABLE_VERSIONS = ("1", "2", "3")
 
 #: Field metadata that makes Lance store a `large_binary` column as blobs (read with take_blobs).
 BLOB_META = {"lance-encoding:blob": "true"}
@@ -34,9 +37,11 @@ LAYOUT = {
     ),
     "vst_kv": (
         "one row per (video_id, model_fingerprint, write_id, window); window -1 = sink (kind 'sink'), "
-        "0.. = VST windows (kind 'window'); kv = raw little-endian bytes of a C-contiguous "
-        "tensor of shape [layers, 2, kv_heads, tokens, head_dim] (dim 1: 0 = pre-RoPE keys, 1 = values), "
-        "dtype in {float32, float16, bfloat16}; checksum = 'xxh3_128:' + hex digest of kv; "
+        "0.. = VST windows (kind 'window'); the row's tensor has shape [layers, 2, kv_heads, tokens, "
+        "head_dim] (dim 1: 0 = pre-RoPE keys, 1 = values), dtype in {float32, float16, bfloat16}; "
+        "kv_codec 'raw' (or null) = kv holds its raw little-endian bytes, C order; 'int8'/'int4' = kv is a "
+        "VXKV blob (64-byte header, float16 group minima and scales, 8/4-bit codes; storage/kvcodec.py); "
+        "nbytes = len(kv); checksum = 'xxh3_128:' + hex digest of kv (the bytes as stored); "
         "only rows whose write_id equals videos.write_id of the committed videos row are live"
     ),
     "answers": "one row per answer key (digest of video, fingerprint, question, choices, settings)",
@@ -89,6 +94,8 @@ VIDEOS_SCHEMA = pa.schema(
         pa.field("indexer_version", pa.string()),
         pa.field("write_id", pa.string()),
         pa.field("library_versions", pa.string()),
+        pa.field("kv_codec", pa.string()),
+        pa.field("kv_raw_bytes", pa.int64()),
     ],
     metadata=_meta("videos"),
 )
@@ -115,6 +122,7 @@ VST_KV_SCHEMA = pa.schema(
         pa.field("clip_embedding", pa.list_(pa.float32())),
         pa.field("written_at", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("kv", pa.large_binary(), nullable=False, metadata=BLOB_META),
+        pa.field("kv_codec", pa.string()),
     ],
     metadata=_meta("vst_kv"),
 )
@@ -141,6 +149,7 @@ ANSWERS_SCHEMA = pa.schema(
         pa.field("error_kind", pa.string()),
         pa.field("error", pa.string()),
         pa.field("created_at", pa.timestamp("us", tz="UTC")),
+        pa.field("kv_codec", pa.string()),
     ],
     metadata=_meta("answers"),
 )
@@ -178,7 +187,10 @@ PROBES_SCHEMA = pa.schema(
 #: Columns added by a format version, with the version that added them: an older table gets them
 #: (all null) when the archive is opened.
 ADDED_COLUMNS: dict[str, list[tuple[str, pa.Field]]] = {
-    "videos": [("2", VIDEOS_SCHEMA.field("library_versions"))],
+    "videos": [("2", VIDEOS_SCHEMA.field("library_versions")), ("3", VIDEOS_SCHEMA.field("kv_codec")),
+               ("3", VIDEOS_SCHEMA.field("kv_raw_bytes"))],
+    "vst_kv": [("3", VST_KV_SCHEMA.field("kv_codec"))],
+    "answers": [("3", ANSWERS_SCHEMA.field("kv_codec"))],
 }
 
 SCHEMAS: dict[str, pa.Schema] = {

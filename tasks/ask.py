@@ -402,7 +402,9 @@ def load_memory(archive, vx, video_id: str, question: str | None = None, top_win
     """The memory to answer from: all windows, or (with `top_windows`) the question-selected ones.
 
     Returns:
-        (VSTMemory on the CPU, window indices used, seconds spent selecting, seconds spent loading).
+        (VSTMemory on the model's device (quantized memories are dequantized there), window indices
+        used, seconds spent selecting, seconds spent loading). `memory.meta["kv_codec"]` names the
+        codec it was stored with.
     """
     t0 = time.perf_counter()
     windows = None
@@ -412,7 +414,7 @@ def load_memory(archive, vx, video_id: str, question: str | None = None, top_win
         windows = question_windows(archive, vx, video_id, question, top_windows)
     t1 = time.perf_counter()
     with _archive_errors(video_id, vx.fingerprint):
-        memory = archive.load_memory(video_id, vx.fingerprint, windows=windows)
+        memory = archive.load_memory(video_id, vx.fingerprint, windows=windows, device=vx.device)
     t2 = time.perf_counter()
     return memory, [w.index for w in memory.windows], t1 - t0, t2 - t1
 
@@ -501,6 +503,7 @@ def ask_video(
         "model": vx.name,
         "fingerprint": vx.fingerprint,
         "numerics": numerics["status"],
+        "kv_codec": memory.meta.get("kv_codec"),
     }
     if q.choices is not None:
         out.update(choices=list(q.choices), chosen=res["chosen"], scores=res["scores"])
@@ -530,7 +533,7 @@ def answer_row(video_id: str, fingerprint: str, q: Question, settings: dict, res
         row.update(answer=result["answer"], chosen=result.get("chosen"),
                    scores=json.dumps(result["scores"]) if result.get("scores") is not None else None,
                    windows_used=json.dumps(result.get("windows")), ttft_s=result["ttft_s"],
-                   total_s=result["total_s"], num_tokens=result["num_tokens"])
+                   total_s=result["total_s"], num_tokens=result["num_tokens"], kv_codec=result.get("kv_codec"))
     if error is not None:
         row.update(error_kind=error.kind, error=str(error))
     return row
@@ -564,6 +567,7 @@ def answer_video_questions(archive, vx, video_id: str, questions: list[Question]
             res["ttft_s"] += select_s + load_s
             res["total_s"] = time.perf_counter() - t0
             res["windows"] = used
+            res["kv_codec"] = memory.meta.get("kv_codec")  # the codec the answer read
             rows.append(answer_row(video_id, vx.fingerprint, q, settings, result=res))
         except AskError as exc:
             rows.append(answer_row(video_id, vx.fingerprint, q, settings, error=exc))

@@ -61,6 +61,9 @@ class IndexOptions:
             `tasks.decoders.DECODERS`; all are frame-exact (fallback to pyav).
         accept_numerics_change: a worker whose numerics probe differs from the archive's is accepted
             and the change recorded (`tasks.numerics`), instead of stopping the run (exit status 4).
+        kv_codec: how memories written by this run are stored (`storage.kvcodec`: 'raw', 'int8',
+            'int4', ...). A storage property: not in `settings()`, so a video already indexed with
+            another codec is skipped, not re-indexed (`vxl archive recode` changes the codec).
     """
 
     model: str = "tiny"
@@ -77,6 +80,7 @@ class IndexOptions:
     in_flight_per_worker: int = 2
     decoder: str = "auto"
     accept_numerics_change: bool = False
+    kv_codec: str = "raw"
 
     def settings(self) -> dict:
         """The options that change a video's memory besides the model: sampling and chunk planning.
@@ -111,6 +115,10 @@ class IndexOptions:
 
         if self.decoder not in CHOICES:
             raise UsageError(f"--decoder must be one of {list(CHOICES)}, got {self.decoder!r}")
+        from storage.kvcodec import KV_CODECS
+
+        if self.kv_codec not in KV_CODECS:
+            raise UsageError(f"--kv-codec must be one of {list(KV_CODECS)}, got {self.kv_codec!r}")
         if not (self.decode_timeout_s > 0):
             raise UsageError(f"--decode-timeout must be > 0 seconds, got {self.decode_timeout_s}")
         from model.video_xl import BUILTIN_MODELS, is_model_name
@@ -147,14 +155,16 @@ class IndexReport:
     """Outcome of a run. `to_json()` is what `vxl index --json` prints.
 
     Attributes:
-        indexed: {"video_id", "source_uri", "frames", "windows", "kv_bytes"} per video written.
+        indexed: {"video_id", "source_uri", "frames", "windows", "kv_bytes", "kv_raw_bytes",
+            "kv_codec"} per video written (kv_bytes as stored, kv_raw_bytes unencoded).
         skipped: {"video_id", "source_uri", "reason"}; reason "indexed" (already in the archive for
             this fingerprint), "failed_before" (failed earlier; `--retry-failed`), "duplicate"
             (same content as another source of this run).
         failed: {"source_uri", "video_id", "error_kind", "error"}; video_id None when the file could
             not be read at all (then nothing is stored in the archive).
         frames: sampled frames of the indexed videos.
-        kv_bytes: raw K/V bytes written.
+        kv_bytes: K/V bytes written, as stored (encoded by the run's `kv_codec`).
+        kv_raw_bytes: the same memories' raw (unencoded) K/V bytes.
         seconds: wall time of the run.
     """
 
@@ -163,6 +173,7 @@ class IndexReport:
     failed: list[dict] = field(default_factory=list)
     frames: int = 0
     kv_bytes: int = 0
+    kv_raw_bytes: int = 0
     seconds: float = 0.0
     total: int = 0
     model: str = ""
@@ -189,7 +200,8 @@ class IndexReport:
 
     def to_json(self) -> dict:
         return {"indexed": self.indexed, "skipped": self.skipped, "failed": self.failed, "frames": self.frames,
-                "kv_bytes": self.kv_bytes, "seconds": round(self.seconds, 3), "numerics": self.numerics,
+                "kv_bytes": self.kv_bytes, "kv_raw_bytes": self.kv_raw_bytes,
+                "seconds": round(self.seconds, 3), "numerics": self.numerics,
                 "ignored": self.ignored}
 
     def summary(self) -> dict:
@@ -197,7 +209,7 @@ class IndexReport:
         return {"total": self.total, "indexed": len(self.indexed), "skipped": len(self.skipped),
                 "failed": len(self.failed), "failed_by_kind": self.failed_by_kind(), "frames": self.frames,
                 "ignored": sum(v["count"] for v in self.ignored.values()),
-                "kv_bytes": self.kv_bytes, "seconds": round(self.seconds, 3),
+                "kv_bytes": self.kv_bytes, "kv_raw_bytes": self.kv_raw_bytes, "seconds": round(self.seconds, 3),
                 "frames_per_s": round(self.frames / self.seconds, 3) if self.seconds > 0 else 0.0,
                 "model": self.model, "fingerprint": self.fingerprint, "workers": self.workers,
                 "worker_restarts": self.worker_restarts,
@@ -757,16 +769,20 @@ class _Run:
         rec.plan_s, rec.encode_s = enc.plan_s, enc.encode_s
         rec.library_versions = json.dumps({**enc.library_versions, "decoder": meta.get("decoder")}, sort_keys=True)
         mem = enc.memory
-        self._archive_call(lambda: self.arch.put(rec, mem, window_embeddings=enc.window_embeddings),
-                           j.video_id, j.source_uri)
+        put = self._archive_call(lambda: self.arch.put(rec, mem, window_embeddings=enc.window_embeddings,
+                                                       kv_codec=self.opt.kv_codec), j.video_id, j.source_uri)
         nframes = len(meta["indices"])
+        stored = getattr(put, "kv_bytes", None)
+        stored = int(stored) if stored is not None else int(mem.nbytes)
         self.report.indexed.append({"video_id": j.video_id, "source_uri": j.source_uri, "frames": nframes,
-                                    "windows": len(mem.windows), "kv_bytes": int(mem.nbytes)})
+                                    "windows": len(mem.windows), "kv_bytes": stored,
+                                    "kv_raw_bytes": int(mem.nbytes), "kv_codec": self.opt.kv_codec})
         self.report.frames += nframes
-        self.report.kv_bytes += int(mem.nbytes)
+        self.report.kv_bytes += stored
+        self.report.kv_raw_bytes += int(mem.nbytes)
         self.report.stage_seconds["plan"] += enc.plan_s
         self.report.stage_seconds["encode"] += enc.encode_s
-        record_indexed(int(mem.nbytes), self.model_tag)
+        record_indexed(stored, self.model_tag)
         self._progress("indexed", j.source_uri, enc.worker_pid)
 
 

@@ -102,3 +102,13 @@ def put_worker(uri: str, names: list[str], ready, repeat: int = 1) -> None:
     for _ in range(repeat):
         for n in names:
             arch.put(make_record(n), memory_for(n))
+
+
+def recode_worker(uri: str, names: list[str], ready, kv_codec: str) -> None:
+    """Recode the memory of each name to `kv_codec`, setting `ready` once imports are done."""
+    from storage import open_archive
+
+    arch = open_archive(uri)
+    ready.set()
+    for n in names:
+        arch.recode(video_id(n), FP, kv_codec)

@@ -244,3 +244,33 @@ def test_changed_settings_reindex_same_settings_skip(ray_session, corpus, tmp_pa
     mem = arch.load_memory(rec.video_id, r16.fingerprint)
     assert {w.ratio for w in mem.windows} == {16}
     assert mem.num_vst == len(rec.sampled_frames) * 144 // 16
+
+
+def test_kv_codec_option_reaches_the_archive(ray_session, corpus, tmp_path):
+    """`--kv-codec int4`: the memory is stored quantized, the report gives the bytes stored and their
+    raw size; a rerun with another codec skips (a storage property, not a setting: `vxl archive
+    recode` converts)."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from storage import open_archive
+
+    video = str(corpus / "good" / "sample_00.mp4")
+    uri = str(tmp_path / "archive")
+    base = dict(max_frames=6, workers=1, chunking="fixed")
+    rep = run_index([video], uri, make_options("tiny", kv_codec="int4", **base), reuse_workers=True)
+    (v,) = rep.indexed
+    assert v["kv_codec"] == "int4" and 0 < v["kv_bytes"] < v["kv_raw_bytes"]
+    out = rep.to_json()
+    assert (out["kv_bytes"], out["kv_raw_bytes"]) == (v["kv_bytes"], v["kv_raw_bytes"])
+    arch = open_archive(uri)
+    rec = arch.get_video(v["video_id"], rep.fingerprint)
+    assert (rec.kv_codec, rec.kv_bytes, rec.kv_raw_bytes) == ("int4", v["kv_bytes"], v["kv_raw_bytes"])
+    mem = arch.load_memory(v["video_id"], rep.fingerprint)
+    assert mem.meta["kv_codec"] == "int4" and mem.nbytes == v["kv_raw_bytes"] and arch.verify().ok
+    again = run_index([video], uri, make_options("tiny", kv_codec="raw", **base), reuse_workers=True)
+    assert [s["reason"] for s in again.skipped] == ["indexed"] and not again.indexed
+    with pytest.raises(UsageError, match="--kv-codec"):
+        make_options("tiny", kv_codec="int3").validate()
+    r = CliRunner().invoke(app, ["index", video, "--archive", uri, "--kv-codec", "int3"])
+    assert r.exit_code == 2 and "--kv-codec" in r.output

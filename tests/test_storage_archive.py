@@ -37,7 +37,7 @@ def test_put_load_bit_exact(arch, dtype):
     rec = arch.put(make_record("a"), mem)
     got = arch.load_memory(rec.video_id, FP)
     assert got.equal(mem)
-    assert got.dtype == dtype and got.fingerprint == FP and got.meta == {"seed": 3}
+    assert got.dtype == dtype and got.fingerprint == FP and got.meta == {"seed": 3, "kv_codec": "raw"}
     stored = arch.get_video(rec.video_id, FP)
     assert (stored.status, stored.num_windows, stored.num_vst_tokens, stored.kv_bytes) == (
         "indexed", 5, mem.num_vst, mem.nbytes

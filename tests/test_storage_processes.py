@@ -6,9 +6,9 @@ import multiprocessing as mp
 import random
 
 import pytest
-from storage_factories import FP, make_record, memory_for, put_worker, video_id
+from storage_factories import FP, make_record, memory_for, put_worker, recode_worker, video_id
 
-from storage import VideoNotFound, open_archive
+from storage import VideoNotFound, codec, open_archive
 
 CTX = mp.get_context("spawn")
 
@@ -56,6 +56,60 @@ def test_sigkill_during_put(tmp_path):
     assert _check_absent_or_complete(arch, names) == set(names)
     assert arch.verify().ok
     assert arch.indexed_ids(FP) == {video_id(n) for n in names}
+
+
+@pytest.mark.slow
+def test_sigkill_during_recode(tmp_path):
+    """`recode` killed at random points: every video is its old memory (raw, bit for bit) or its new
+    one (int4, equal to a direct int4 encode), never half; verify stays clean; a rerun finishes."""
+    uri = str(tmp_path / "arch")
+    arch = open_archive(uri)
+    rng = random.Random(99)
+    names: list[str] = []
+    killed_mid_run = 0
+    for rnd in range(4):
+        batch = [f"r{rnd}-{i}" for i in range(5)]
+        for n in batch:
+            arch.put(make_record(n), memory_for(n))
+        names += batch
+        ready = CTX.Event()
+        p = CTX.Process(target=recode_worker, args=(uri, batch, ready, "int4"))
+        p.start()
+        assert ready.wait(60), "worker did not start"
+        p.join(timeout=rng.uniform(0.2, 2.5))  # a recode of one video takes 0.1-0.8 s here
+        if p.is_alive():
+            killed_mid_run += 1
+        p.kill()  # SIGKILL
+        p.join()
+        seen = _check_old_or_new(open_archive(uri), names)
+    assert killed_mid_run >= 2 and seen.get("raw", 0) > 0 and seen.get("int4", 0) > 0, (killed_mid_run, seen)
+    ready = CTX.Event()
+    p = CTX.Process(target=recode_worker, args=(uri, names, ready, "int4"))  # the rerun completes it
+    p.start()
+    p.join(timeout=300)
+    assert p.exitcode == 0
+    after = _check_old_or_new(open_archive(uri), names)
+    assert after == {"int4": len(names)}
+
+
+def _int4(n: str):
+    tab = codec.memory_to_arrow(memory_for(n), video_id=video_id(n), fingerprint=FP, write_id="w", kv_codec="int4")
+    return codec.memory_from_arrow(tab)
+
+
+def _check_old_or_new(arch, names) -> dict[str, int]:
+    rep = arch.verify()
+    assert rep.ok, rep.problems
+    seen: dict[str, int] = {}
+    for n in names:
+        rec = arch.get_video(video_id(n), FP)
+        got = arch.load_memory(video_id(n), FP)
+        assert got.meta["kv_codec"] == rec.codec_name, n
+        want = memory_for(n) if rec.codec_name == "raw" else _int4(n)
+        assert rec.codec_name in ("raw", "int4") and got.equal(want), n
+        seen[rec.codec_name] = seen.get(rec.codec_name, 0) + 1
+    assert len(arch.list_videos()) == len(names)
+    return seen
 
 
 @pytest.mark.slow

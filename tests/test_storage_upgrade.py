@@ -1,4 +1,4 @@
-"""Archive format 1 -> 2 upgrade in place, probes, and typed commit-conflict handling (issue 10)."""
+"""Archive format 1 -> 3 upgrade in place, probes, and typed commit-conflict handling (issue 10)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,13 @@ from storage.schema import FORMAT_VERSION, SCHEMAS
 
 def _downgrade_to_v1(root) -> None:
     """What a vxl of format version 1 left on disk: no `videos.library_versions`, no `probes` table,
-    `vxl.format_version` = "1" everywhere."""
+    no K/V codec columns (format 3), `vxl.format_version` = "1" everywhere."""
     shutil.rmtree(root / "probes.lance")
+    drops = {"videos": ["library_versions", "kv_codec", "kv_raw_bytes"], "vst_kv": ["kv_codec"], "answers": ["kv_codec"]}
     for name in ("videos", "vst_kv", "answers", "vico_samples"):
         ds = lance.dataset(str(root / f"{name}.lance"))
-        if name == "videos":
-            ds.drop_columns(["library_versions"])
+        if name in drops:
+            ds.drop_columns(drops[name])
             ds = lance.dataset(str(root / f"{name}.lance"))
         meta = {k.decode(): v.decode() for k, v in SCHEMAS[name].metadata.items()}
         ds.update_schema_metadata(meta | {"vxl.format_version": "1"}, replace=True)
@@ -39,10 +40,13 @@ def test_version_1_archive_is_upgraded_in_place_and_stays_readable(tmp_path):
     arch = open_archive(root)
     for name, want in SCHEMAS.items():
         got = arch.schema(name)
-        assert got.metadata[b"vxl.format_version"] == FORMAT_VERSION.encode() == b"2", name
+        assert got.metadata[b"vxl.format_version"] == FORMAT_VERSION.encode() == b"3", name
         assert got.names == want.names, name
-    assert arch.load_memory(rec.video_id, FP).equal(mem)  # the old memory, bit for bit
-    assert arch.get_video(rec.video_id, FP).library_versions is None
+    got = arch.load_memory(rec.video_id, FP)
+    assert got.equal(mem) and got.meta["kv_codec"] == "raw"  # the old memory, bit for bit
+    old = arch.get_video(rec.video_id, FP)
+    assert old.library_versions is None and (old.kv_codec, old.kv_raw_bytes, old.kv_bytes) == (None, None, mem.nbytes)
+    assert arch.verify().ok
     new = make_record("new")
     new.library_versions = json.dumps({"torch": "2.15.0"})
     arch.put(new, make_memory(seed=6))
@@ -53,8 +57,8 @@ def test_unknown_format_version_is_refused(tmp_path):
     root = tmp_path / "arch"
     open_archive(root)
     ds = lance.dataset(str(root / "answers.lance"))
-    ds.update_schema_metadata({"vxl.format_version": "3"}, replace=False)
-    with pytest.raises(ArchiveError, match="format version 3, this vxl reads versions 1, 2"):
+    ds.update_schema_metadata({"vxl.format_version": "4"}, replace=False)
+    with pytest.raises(ArchiveError, match="format version 4, this vxl reads versions 1, 2, 3"):
         open_archive(root)
 
 
