@@ -116,6 +116,7 @@ def run_ask_library(
     force: bool = False,
     on_video=None,
     accept_numerics_change: bool = False,
+    per_video: dict[str, list[Question]] | None = None,
 ) -> dict:
     """Ask `questions` (strings or {"question", "choices"?, "id"?}) of every matching indexed video.
 
@@ -126,6 +127,8 @@ def run_ask_library(
         on_video: optional callback(video_id, rows) after each video's rows are written.
         accept_numerics_change: answer even when a worker's numerics probe differs from the
             archive's (the change is recorded in the archive's `probes` table).
+        per_video: instead of `questions`/`questions_file`/`where`: each video id's own questions
+            (benchmark evaluation, `tasks.evaluate`); ids not indexed are reported in `not_indexed`.
 
     Returns:
         Summary dict: videos, answered, skipped (already answered), failed, failed_videos
@@ -139,7 +142,15 @@ def run_ask_library(
     from tasks.ask import answer_settings, open_archive_or_fail
 
     t0 = time.perf_counter()
-    qs = _questions(questions, questions_file)
+    if per_video is not None:
+        if questions is not None or questions_file is not None or where is not None:
+            raise AskError("usage", "per_video replaces questions, questions_file and where")
+        for vqs in per_video.values():
+            for q in vqs:
+                q.validate()
+        qs = [q for vqs in per_video.values() for q in vqs]
+    else:
+        qs = _questions(questions, questions_file)
     if max_new_tokens < 1:
         raise AskError("usage", f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     if top_windows is not None and top_windows < 0:
@@ -148,6 +159,10 @@ def run_ask_library(
         raise AskError("usage", f"--workers must be >= 1, got {workers}")
     archive = open_archive_or_fail(archive_uri)
     videos, not_indexed = select_videos(archive, where)
+    if per_video is not None:
+        have = set(videos)
+        videos = sorted(v for v in per_video if v in have)
+        not_indexed = sorted(v for v in per_video if v not in have)
     summary: dict[str, Any] = {"archive": archive_uri, "where": where, "questions": len(qs), "videos": len(videos),
                                "answered": 0, "skipped": 0, "failed": 0, "failed_videos": {},
                                "not_indexed": not_indexed, "workers": 0, "fingerprint": None, "rows_written": 0,
@@ -205,8 +220,9 @@ def run_ask_library(
     done = set() if force else {r["key"] for r in archive.list_answers(where="status = 'ok'")}
     jobs = []
     for vid in videos:
-        todo = [q for q in qs if answer_key(vid, fp, q.question, q.choices, settings) not in done]
-        summary["skipped"] += len(qs) - len(todo)
+        vqs = per_video[vid] if per_video is not None else qs
+        todo = [q for q in vqs if answer_key(vid, fp, q.question, q.choices, settings) not in done]
+        summary["skipped"] += len(vqs) - len(todo)
         if todo:
             jobs.append((vid, [_qdict(q) for q in todo]))
 

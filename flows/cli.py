@@ -32,6 +32,7 @@ _COMMAND_MODULES = (
     "flows.cli_vico",
     "flows.cli_demo",
     "flows.cli_train",
+    "flows.cli_eval",
 )
 
 for _name in _COMMAND_MODULES:

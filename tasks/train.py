@@ -250,6 +250,15 @@ def _safe_key(text: str) -> str:
     return xxhash.xxh3_64_hexdigest(text.encode("utf-8", "surrogateescape"))
 
 
+def _file_key(path: Path) -> str:
+    """Cache key of a video file: its path, size and modification time (a changed file is decoded again)."""
+    try:
+        st = path.stat()
+        return _safe_key(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}")
+    except OSError:
+        return _safe_key(str(path))
+
+
 def prepare_data(cfg: TrainConfig, vx=None, progress: Callable[[int, int, str], None] | None = None) -> list[Item]:
     """Decode (or render) every training video once into the frame cache; the list of items.
 
@@ -285,7 +294,7 @@ def prepare_data(cfg: TrainConfig, vx=None, progress: Callable[[int, int, str], 
             if not found:
                 raise TrainError("data", f"{p}: no video with a ground-truth JSON next to it (NAME.json)")
             for v in found:
-                jobs.append((f"file-{_safe_key(str(v.path))}", _file_decoder(str(v.path), cfg),
+                jobs.append((f"file-{_file_key(Path(v.path))}", _file_decoder(str(v.path), cfg),
                              {"source": str(v.path), "truth_path": str(Path(v.path).with_suffix(".json"))}))
         elif p.is_file() and p.suffix in (".json", ".jsonl"):
             root = Path(cfg.video_root) if cfg.video_root else p.parent
@@ -303,16 +312,18 @@ def prepare_data(cfg: TrainConfig, vx=None, progress: Callable[[int, int, str], 
                 except ValueError as exc:
                     raise TrainError("data", f"{p}: entry {e.get('id', n)!r}: {exc}") from None
                 video = root / e["video"]
-                jobs.append((f"file-{_safe_key(str(video))}", _file_decoder(str(video), cfg),
+                jobs.append((f"file-{_file_key(video)}", _file_decoder(str(video), cfg),
                              {"source": f"{p}#{e.get('id', n)}", "turns": turns}))
         else:
             raise TrainError("data", f"data source {src!r} is not toy:COUNT, a folder or a .json/.jsonl file")
     items: list[Item] = []
     want_emb = cfg.planner in ("dynamic", "mixed")
     clip = None
+    # the cache key names what the frames depend on: source, sampling and the model's input size
+    tag = f"{cfg.fps:g}fps-max{cfg.max_frames}-{vx.config.image_processor['crop_size']}px"
     for n, (key, load, meta) in enumerate(jobs):
-        fpath = cache / f"{key}.npy"
-        epath = cache / f"{key}.emb.npy"
+        fpath = cache / f"{key}-{tag}.npy"
+        epath = cache / f"{key}-{tag}.emb.npy"
         if not fpath.is_file() or (want_emb and not epath.is_file()):
             raw = load()
             if want_emb and not epath.is_file():

@@ -155,3 +155,33 @@ def test_loss_decreases_and_the_run_writes_a_loadable_checkpoint(tmp_path):
     q = "How many scenes does the video have?"
     torch.testing.assert_close(vx.next_token_logits(vx.encode(frames, plan), q),
                                trained.next_token_logits(trained.encode(frames, plan), q), atol=0, rtol=0)
+
+
+@pytest.mark.timeout(300)
+def test_llava_and_truth_folder_sources(tmp_path):
+    from tasks.samples import make_toy_videos
+    from tasks.train import TrainError, sample_turns
+
+    vids = make_toy_videos(tmp_path / "v", [41, 42], width=160, height=120, fps=8, scene_s=(2.0, 3.0))
+    llava = tmp_path / "vico.json"
+    llava.write_text(json.dumps([{"id": "s1", "video": f"v/{vids[0].name}", "conversations": [
+        {"from": "human", "value": "<image>\nWhat happens first?"}, {"from": "gpt", "value": "a cut"},
+        {"from": "human", "value": "And then?"}, {"from": "gpt", "value": "a circle"}]}]))
+    cfg = TrainConfig(out=str(tmp_path / "run"), data=[str(llava), str(tmp_path / "v")], steps=1, batch_size=3,
+                      max_frames=8, questions_per_sample=2, checkpoint_every=0, curriculum="0:8")
+    items = prepare_data(cfg)
+    assert len(items) == 3
+    by_source = {i.source: i for i in items}
+    llava_item = by_source[f"{llava}#s1"]
+    assert [(t.question, t.answer) for t in sample_turns(llava_item, 0, 0, cfg)] == [
+        ("What happens first?", "a cut"), ("And then?", "a circle")]
+    frames = np.load(llava_item.frames)
+    assert frames.shape[1:] == (64, 64, 3) and 1 <= frames.shape[0] <= 8
+    truth_items = [i for i in items if i.truth is not None]
+    assert len(truth_items) == 2 and all(len(sample_turns(i, 0, 1, cfg)) == 2 for i in truth_items)
+    res = train_loop(cfg, items=items)
+    assert len(res["history"]) == 1 and np.isfinite(res["history"][0]["loss"])
+    # a malformed LLaVA entry is named
+    llava.write_text(json.dumps([{"id": "bad", "video": "x.mp4", "conversations": [{"from": "gpt", "value": "a"}]}]))
+    with pytest.raises(TrainError, match="'bad'"):
+        prepare_data(TrainConfig(out=str(tmp_path / "run2"), data=[str(llava)]))
