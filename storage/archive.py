@@ -36,6 +36,7 @@ from storage.errors import ArchiveError, CorruptBlob, FingerprintMismatch, Video
 from storage.schema import (
     ADDED_COLUMNS,
     ANSWERS_SCHEMA,
+    EVAL_RUNS_SCHEMA,
     FORMAT_VERSION,
     PROBES_SCHEMA,
     READABLE_VERSIONS,
@@ -1082,6 +1083,19 @@ class Archive:
                 if r.get(c) is not None and not isinstance(r[c], str):
                     r[c] = json.dumps(r[c])
         return self._upsert("answers", "key", rows, ANSWERS_SCHEMA)
+
+    def put_eval_run(self, row: dict) -> None:
+        """Upsert one `eval_runs` row (`EVAL_RUNS_SCHEMA`; `summary_json` a JSON string; a missing
+        `created_at` is set to now). Idempotent on `run_id`."""
+        row = dict(row)
+        row.setdefault("created_at", datetime.now(UTC))
+        self._upsert("eval_runs", "run_id", [row], EVAL_RUNS_SCHEMA)
+
+    def list_eval_runs(self, where: str | None = None) -> list[dict]:
+        """Every `eval_runs` row (matching the SQL filter `where`), oldest first."""
+        self._table("eval_runs")
+        rows = self._ds("eval_runs").to_table(filter=where).to_pylist()
+        return sorted(rows, key=lambda r: r["created_at"])
 
     def answer_keys(self) -> set[str]:
         """Keys of every stored answer."""

@@ -3,7 +3,8 @@
 Format history: 1 -> 2 added `videos.library_versions` and the `probes` table (numerics canary);
 2 -> 3 added K/V codecs (`storage.kvcodec`): `vst_kv.kv_codec`, `videos.kv_codec`,
 `videos.kv_raw_bytes`, `answers.kv_codec` (null on older rows = `raw`), and `kv_bytes`/`nbytes`
-count the bytes as stored (encoded). An older archive is upgraded in place when opened
+count the bytes as stored (encoded); and benchmark evaluation (`tasks.evaluate`): `answers.question_id`,
+`answers.correct` and the `eval_runs` table. An older archive is upgraded in place when opened
 (`storage.archive.Archive`: nullable columns and a new table, metadata-only commits); its blobs are
 raw and read unchanged.
 
@@ -46,6 +47,11 @@ LAYOUT = {
     ),
     "answers": "one row per answer key (digest of video, fingerprint, question, choices, settings)",
     "vico_samples": "one row per VideoChat-style synthetic sample, key sample_id",
+    "eval_runs": (
+        "one row per benchmark evaluation run (vxl eval), key run_id = digest of the question file, model "
+        "fingerprint and settings; summary_json = accuracy overall, per type and per duration bucket with "
+        "95% Wilson intervals and the per-question results; answers rows carry question_id and correct"
+    ),
     "probes": (
         "numerics canary: one row per (model_fingerprint, probe digest); status 'reference' (the newest "
         "is compared against) or 'superseded'; memory/logits = float32 little-endian bytes of the probe "
@@ -150,6 +156,8 @@ ANSWERS_SCHEMA = pa.schema(
         pa.field("error", pa.string()),
         pa.field("created_at", pa.timestamp("us", tz="UTC")),
         pa.field("kv_codec", pa.string()),
+        pa.field("question_id", pa.string()),
+        pa.field("correct", pa.bool_()),
     ],
     metadata=_meta("answers"),
 )
@@ -184,13 +192,32 @@ PROBES_SCHEMA = pa.schema(
     metadata=_meta("probes"),
 )
 
+EVAL_RUNS_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False, metadata=PK_META),
+        pa.field("name", pa.string()),
+        pa.field("questions_file", pa.string(), nullable=False),
+        pa.field("layout", pa.string(), nullable=False),
+        pa.field("model", pa.string()),
+        pa.field("model_fingerprint", pa.string()),
+        pa.field("settings", pa.string()),
+        pa.field("accuracy", pa.float64()),
+        pa.field("correct", pa.int64()),
+        pa.field("num_questions", pa.int64()),
+        pa.field("summary_json", pa.string(), nullable=False),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ],
+    metadata=_meta("eval_runs"),
+)
+
 #: Columns added by a format version, with the version that added them: an older table gets them
 #: (all null) when the archive is opened.
 ADDED_COLUMNS: dict[str, list[tuple[str, pa.Field]]] = {
     "videos": [("2", VIDEOS_SCHEMA.field("library_versions")), ("3", VIDEOS_SCHEMA.field("kv_codec")),
                ("3", VIDEOS_SCHEMA.field("kv_raw_bytes"))],
     "vst_kv": [("3", VST_KV_SCHEMA.field("kv_codec"))],
-    "answers": [("3", ANSWERS_SCHEMA.field("kv_codec"))],
+    "answers": [("3", ANSWERS_SCHEMA.field("kv_codec")), ("3", ANSWERS_SCHEMA.field("question_id")),
+                ("3", ANSWERS_SCHEMA.field("correct"))],
 }
 
 SCHEMAS: dict[str, pa.Schema] = {
@@ -198,5 +225,6 @@ SCHEMAS: dict[str, pa.Schema] = {
     "vst_kv": VST_KV_SCHEMA,
     "answers": ANSWERS_SCHEMA,
     "vico_samples": VICO_SAMPLES_SCHEMA,
+    "eval_runs": EVAL_RUNS_SCHEMA,
     "probes": PROBES_SCHEMA,
 }

@@ -411,6 +411,7 @@ def run_eval(
         settings = answer_settings(1, top_windows)
         fp = ask_summary.get("fingerprint")
         rows = {r["key"]: r for r in arch.list_answers()} if fp else {}
+        marked = []
         for vid, vqs in per_video.items():
             for aq in vqs:
                 q = qinfo[(vid, aq.qid)][0]
@@ -422,7 +423,11 @@ def run_eval(
                 chosen = int(max(range(len(scores)), key=lambda i: scores[i]))
                 results.append({"qid": q.qid, "type": q.type, "duration": duration_bucket(q), "video": q.video,
                                 "video_id": vid, "chosen": chosen, "answer": q.answer, "correct": chosen == q.answer,
-                                "scores": scores})
+                                "scores": scores, "kv_codec": row.get("kv_codec"), "ttft_s": row.get("ttft_s")})
+                if row.get("question_id") != q.qid or row.get("correct") != (chosen == q.answer):
+                    marked.append({**row, "question_id": q.qid, "correct": chosen == q.answer})
+        if marked:
+            arch.put_answers(marked)
     table = accuracy_table(results, keys=("type", "duration"))
     out = {
         "run": run_name, "layout": layout, "questions_file": str(questions_file), "archive": archive_uri,
@@ -433,7 +438,30 @@ def run_eval(
         "index": index_summary, "ask": {k: v for k, v in ask_summary.items() if k != "failed_videos"},
         "seconds": time.perf_counter() - t0,
     }
+    if fp:
+        out["run_id"] = _record_run(archive_uri, out)
     return out
+
+
+def _record_run(archive_uri: str, res: dict) -> str:
+    """Store the run's summary in the archive's `eval_runs` table; returns its run id (digest of the
+    question file's bytes, the model fingerprint, the settings and the run name)."""
+    import xxhash
+
+    from storage import open_archive
+
+    h = xxhash.xxh3_128()
+    h.update(Path(res["questions_file"]).read_bytes())
+    h.update(json.dumps([res["fingerprint"], res["settings"], res["run"]], sort_keys=True).encode())
+    run_id = "eval-" + h.hexdigest()[:24]
+    summary = {k: v for k, v in res.items() if k not in ("index", "ask")}
+    open_archive(archive_uri).put_eval_run({
+        "run_id": run_id, "name": res["run"], "questions_file": res["questions_file"], "layout": res["layout"],
+        "model": res["model"], "model_fingerprint": res["fingerprint"], "settings": json.dumps(res["settings"]),
+        "accuracy": None if math.isnan(res["accuracy"]) else res["accuracy"], "correct": res["correct"],
+        "num_questions": res["num_questions"], "summary_json": json.dumps(summary, default=str),
+    })
+    return run_id
 
 
 def compare_runs(a: dict, b: dict) -> dict:

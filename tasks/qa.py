@@ -222,3 +222,26 @@ def evaluate_videos(vx, paths, *, seed: int = 0, types=QUESTION_TYPES, chunking:
         for r in score_questions(vx, memory, qs):
             results.append({**r, "video": str(path)})
     return results
+
+
+def write_questions_file(video_paths, out, *, seed: int = 0, types=QUESTION_TYPES, root=None) -> list[dict]:
+    """A `vxl eval` question file (vxl layout: `{"id", "video", "question", "options", "answer",
+    "type", "duration"}`) with one question of each type about each video (truth JSON next to it).
+    `video` is relative to `root` (default: the file's folder). Returns the entries written."""
+    from pathlib import Path
+
+    out = Path(out)
+    root = Path(root) if root is not None else out.parent
+    entries = []
+    for n, p in enumerate(video_paths):
+        p = Path(p)
+        truth = json.loads(p.with_suffix(".json").read_text())
+        try:
+            rel = str(p.resolve().relative_to(root.resolve()))
+        except ValueError:
+            rel = str(p.resolve())
+        for q in make_questions(truth, np.random.default_rng([seed, n]), types, video_key=p.name):
+            entries.append({"id": q.id, "video": rel, "question": q.question, "options": list(q.options),
+                            "answer": q.answer, "type": q.type, "duration": truth["seconds"]})
+    out.write_text(json.dumps(entries, indent=1))
+    return entries

@@ -188,3 +188,48 @@ def test_option_scores_equal_a_full_forward_over_question_and_option():
         logp = torch.log_softmax(logits[:-1].double(), -1)
         ref = float(logp[torch.arange(len(o_ids)), torch.tensor(o_ids)].sum())
         assert got == pytest.approx(ref, abs=1e-4)
+
+
+@pytest.mark.timeout(900)
+def test_vxl_eval_with_the_toy_model_is_accurate_and_idempotent(tmp_path):
+    """`vxl eval` end to end (index the missing videos, answer on Ray, store, aggregate) with the
+    shipped toy model on fresh videos; a rerun answers nothing again; a partial run is completed."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from storage import open_archive
+    from tasks.qa import write_questions_file
+    from tasks.samples import make_toy_videos
+
+    vids = make_toy_videos(tmp_path / "videos", [5_100_000 + i for i in range(3)], width=320, height=240, fps=8,
+                           scene_s=(2.0, 5.0))
+    qfile = tmp_path / "videos" / "questions.json"
+    entries = write_questions_file(vids, qfile, seed=1)
+    archive = tmp_path / "archive"
+    args = ["eval", "--archive", str(archive), "--questions", str(qfile), "--model", "toy", "--json"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output.strip().splitlines()[-1])
+    assert res["num_questions"] == len(entries) and not res["missing"]
+    assert res["accuracy"] >= 0.85, res["per_type"]
+    assert set(res["per_type"]) >= {"bg_start", "scene_count", "object_color"}
+    # stored: answers carry question ids and correctness, the run summary is in eval_runs
+    arch = open_archive(str(archive))
+    rows = [a for a in arch.list_answers() if a["question_id"] is not None]
+    assert len(rows) == len(entries)
+    assert sum(bool(a["correct"]) for a in rows) == res["correct"]
+    (run,) = arch.list_eval_runs()
+    assert run["num_questions"] == len(entries) and run["run_id"] == res["run_id"]
+    # rerun: nothing answered again
+    r2 = CliRunner().invoke(app, args)
+    res2 = json.loads(r2.output.strip().splitlines()[-1])
+    assert res2["ask"]["answered"] == 0 and res2["ask"]["skipped"] == len(entries)
+    assert res2["accuracy"] == res["accuracy"]
+    # a run interrupted after one video: the rerun answers only what is missing
+    first_vid = rows[0]["video_id"]
+    n_first = sum(1 for a in rows if a["video_id"] == first_vid)
+    arch._table("answers").delete(f"video_id = '{first_vid}'")
+    r3 = CliRunner().invoke(app, args)
+    res3 = json.loads(r3.output.strip().splitlines()[-1])
+    assert res3["ask"]["answered"] == n_first and res3["ask"]["skipped"] == len(entries) - n_first
+    assert res3["correct"] == res["correct"]

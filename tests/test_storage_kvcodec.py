@@ -250,7 +250,7 @@ def test_recode_loses_to_a_concurrent_write(tmp_path):
 
 def _downgrade_to_v2(root) -> None:
     """What a vxl of format version 2 left on disk: no codec columns, `vxl.format_version` = "2"."""
-    drops = {"videos": ["kv_codec", "kv_raw_bytes"], "vst_kv": ["kv_codec"], "answers": ["kv_codec"]}
+    drops = {"videos": ["kv_codec", "kv_raw_bytes"], "vst_kv": ["kv_codec"], "answers": ["kv_codec", "question_id", "correct"]}
     for name in SCHEMAS:
         ds = lance.dataset(str(root / f"{name}.lance"))
         if name in drops:

@@ -20,7 +20,8 @@ def _downgrade_to_v1(root) -> None:
     """What a vxl of format version 1 left on disk: no `videos.library_versions`, no `probes` table,
     no K/V codec columns (format 3), `vxl.format_version` = "1" everywhere."""
     shutil.rmtree(root / "probes.lance")
-    drops = {"videos": ["library_versions", "kv_codec", "kv_raw_bytes"], "vst_kv": ["kv_codec"], "answers": ["kv_codec"]}
+    drops = {"videos": ["library_versions", "kv_codec", "kv_raw_bytes"], "vst_kv": ["kv_codec"],
+             "answers": ["kv_codec", "question_id", "correct"]}
     for name in ("videos", "vst_kv", "answers", "vico_samples"):
         ds = lance.dataset(str(root / f"{name}.lance"))
         if name in drops:

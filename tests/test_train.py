@@ -141,7 +141,7 @@ def test_loss_decreases_and_the_run_writes_a_loadable_checkpoint(tmp_path):
     oracle = Path(__file__).parent / "data" / "oracle" / "checkpoint"
     missing = set(json.loads((oracle / "config.json").read_text())) - set(cfg_json)
     assert not missing, f"config.json lacks the original's keys {sorted(missing)}"
-    assert "rope_parameters" not in cfg_json and cfg_json["rope_theta"] == vx.config.rope_theta
+    assert "rope_parameters" not in cfg_json and cfg_json["rope_theta"] == vx.config.rope_parameters["rope_theta"]
     files = {p.name for p in oracle.iterdir() if p.is_file() and not p.name.endswith(".safetensors")}
     assert files - {"model.safetensors.index.json"} <= {p.name for p in final.iterdir()}
     # the loaded model computes what the trained one computed
