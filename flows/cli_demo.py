@@ -99,8 +99,9 @@ def demo(
                                 choices=list(q.options), vx=vx, archive=arch)
             except AskError as exc:
                 fail(f"{path.name}: {exc}", exc.kind, 1)
+            chosen = q.options[ans["chosen"]]  # ask_video returns the option's index
             r = {"video": path.name, "type": q.type, "question": q.question, "answer": q.answer,
-                 "chosen": ans["chosen"], "correct": ans["chosen"] == q.answer, "ttft_s": ans["ttft_s"]}
+                 "chosen": chosen, "correct": chosen == q.answer, "ttft_s": ans["ttft_s"]}
             results.append(r)
             if q is shown:
                 lines.append(r)
@@ -108,7 +109,7 @@ def demo(
                 question = q.question.replace("\n", " ")
                 if len(question) > 90:
                     question = question[:87] + "..."
-                say(f"    {path.name}: {question!r}\n        truth {q.answer!r}, model {ans['chosen']!r} ({mark})")
+                say(f"    {path.name}: {question!r}\n        truth {q.answer!r}, model {chosen!r} ({mark})")
     acc = accuracy_by_type(results)
     o = acc["overall"]
     summary = {"videos": [str(p) for p in paths], "archive": str(archive), "model": model,
@@ -119,7 +120,7 @@ def demo(
         typer.echo(json.dumps(summary, default=str))
     else:
         per = ", ".join(f"{t} {d['correct']}/{d['total']}" for t, d in acc["per_type"].items())
-        say(f"    accuracy {o['correct']}/{o['total']} = {o['accuracy']:.0%} over all questions ({per}); chance ~25%")
+        say(f"    accuracy {o['correct']}/{o['total']} = {o['accuracy']:.0%} over all questions ({per}); chance ~30%")
         say(f"done in {summary['seconds']:.0f} s. Try: vxl ask --archive {archive} --model {model} "
             f"--video {paths[0]} --choice teal --choice navy --choice black --choice gray "
             "'What is the background colour at the start of the video?'")

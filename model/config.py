@@ -266,7 +266,8 @@ def tiny_config() -> VideoXLConfig:
     return cfg
 
 
-def toy_config(vocab_size: int, bos_token_id: int, eos_token_id: int) -> VideoXLConfig:
+def toy_config(vocab_size: int, bos_token_id: int, eos_token_id: int, *, image_size: int = 64,
+               window_frames: int = 8) -> VideoXLConfig:
     """The `toy` model's architecture: Video-XL's mechanism at a size that trains on 2 CPU cores.
 
     64 px frames, patch 8 -> 8x8 patches, 2x2 pooling -> 16 visual tokens per frame; windows of
@@ -278,11 +279,14 @@ def toy_config(vocab_size: int, bos_token_id: int, eos_token_id: int) -> VideoXL
     Args:
         vocab_size: rows of the embedding and LM head (the tokenizer's size, special tokens included).
         bos_token_id, eos_token_id: `<|endoftext|>` and `<|im_end|>` ids of the tokenizer.
+        image_size: frame side in pixels (patch 8, 2x2 pooling: `(image_size / 16)^2` tokens per frame).
+        window_frames: frames per window (`beacon_window` = window_frames x tokens per frame).
     """
     vision = dict(
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        image_size=64, patch_size=8, projection_dim=64, hidden_act="quick_gelu", layer_norm_eps=1e-5,
+        image_size=image_size, patch_size=8, projection_dim=64, hidden_act="quick_gelu", layer_norm_eps=1e-5,
     )
+    tokens_per_frame = (image_size // 8 // 2) ** 2
     cfg = VideoXLConfig(
         vocab_size=vocab_size,
         hidden_size=128,
@@ -297,13 +301,13 @@ def toy_config(vocab_size: int, bos_token_id: int, eos_token_id: int) -> VideoXL
         bos_token_id=bos_token_id,
         eos_token_id=eos_token_id,
         pad_token_id=None,
-        beacon_window=128,
-        beacon_stride=128,
+        beacon_window=window_frames * tokens_per_frame,
+        beacon_stride=window_frames * tokens_per_frame,
         beacon_ratio=[2, 4, 8, 12, 16],
         mm_hidden_size=64,
         mm_vision_tower="vxl-toy-clip",
         vision_config=vision,
-        image_processor=_preprocessor({}, 64),
+        image_processor=_preprocessor({}, image_size),
     )
     cfg.check_supported()
     return cfg

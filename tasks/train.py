@@ -162,7 +162,9 @@ class TrainConfig:
             Curriculum.parse(self.curriculum, self.seed)
         except ValueError as exc:
             bad(f"--curriculum: {exc}")
-        if self.model != TOY_INIT and not Path(self.model).is_dir():
+        if self.model.startswith(TOY_INIT):
+            parse_toy_init(self.model)
+        elif not Path(self.model).is_dir():
             bad(f"--model {self.model!r} is neither {TOY_INIT!r} nor a checkpoint folder")
 
     @property
@@ -198,8 +200,30 @@ def toy_corpus() -> list[str]:
     return lines
 
 
-def fresh_toy_model(seed: int = 0, device=None):
-    """A `toy` VideoXL with fresh weights (`model.training.init_state`) and the toy tokenizer."""
+def parse_toy_init(spec: str) -> dict:
+    """`toy-init` or `toy-init:image_size=32,window_frames=16` -> `toy_config` keyword arguments.
+
+    Raises:
+        TrainError(kind="usage"): not of that form.
+    """
+    if spec == TOY_INIT:
+        return {}
+    head, _, rest = spec.partition(":")
+    bad = TrainError("usage", f"--model {spec!r}: expected {TOY_INIT} or {TOY_INIT}:image_size=N,window_frames=N")
+    if head != TOY_INIT or not rest:
+        raise bad
+    out = {}
+    for part in rest.split(","):
+        k, _, v = part.partition("=")
+        if k not in ("image_size", "window_frames") or not v.isdigit():
+            raise bad
+        out[k] = int(v)
+    return out
+
+
+def fresh_toy_model(seed: int = 0, device=None, **arch):
+    """A `toy` VideoXL with fresh weights (`model.training.init_state`) and the toy tokenizer;
+    `arch`: `toy_config` keyword arguments (image_size, window_frames)."""
     import torch
 
     from model.checkpoint import build_from_state
@@ -211,7 +235,7 @@ def fresh_toy_model(seed: int = 0, device=None):
     tok = fast_tokenizer(bpe_tokenizer_json(toy_corpus(), TOY_VOCAB))
     bos, _, eos = tok.convert_tokens_to_ids(list(SPECIAL_TOKENS))
     vocab = -(-len(tok) // 64) * 64
-    config = toy_config(vocab, bos, eos)
+    config = toy_config(vocab, bos, eos, **arch)
     config._attn_implementation = "sdpa"
     state = init_state(config, seed)
     device = torch.device(device or "cpu")
@@ -223,8 +247,8 @@ def load_for_training(cfg: TrainConfig, device=None):
     """The model a run starts from (before any checkpoint of the run is restored)."""
     from model.video_xl import load_model
 
-    if cfg.model == TOY_INIT:
-        return fresh_toy_model(cfg.seed, device)
+    if cfg.model.startswith(TOY_INIT):
+        return fresh_toy_model(cfg.seed, device, **parse_toy_init(cfg.model))
     return load_model(cfg.model, dtype="float32", device=device)
 
 
