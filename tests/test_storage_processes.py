@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import random
+import time
 
 import pytest
 from storage_factories import FP, make_record, memory_for, put_worker, recode_worker, video_id
@@ -76,7 +77,14 @@ def test_sigkill_during_recode(tmp_path):
         p = CTX.Process(target=recode_worker, args=(uri, batch, ready, "int4"))
         p.start()
         assert ready.wait(60), "worker did not start"
-        p.join(timeout=rng.uniform(0.2, 2.5))  # a recode of one video takes 0.1-0.8 s here
+        if rnd < 2:  # kill right after the first video of the batch committed: a mid-run kill for sure
+            watcher = open_archive(uri)
+            deadline = time.monotonic() + 120
+            while p.is_alive() and time.monotonic() < deadline and not any(
+                    watcher.get_video(video_id(n), FP).codec_name == "int4" for n in batch):
+                time.sleep(0.01)
+        else:  # at a random point (a recode of one video takes 0.1-0.8 s here)
+            p.join(timeout=rng.uniform(0.2, 2.5))
         if p.is_alive():
             killed_mid_run += 1
         p.kill()  # SIGKILL
