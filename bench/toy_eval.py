@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 import time
@@ -22,17 +21,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SEED_BASE = 6_000_000  # held out: training uses seeds < 1_000_000, the CI test 5_000_000+
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion k / n (Wilson 1927)."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return c - h, c + h
 
 
 def plot_curve(run_dir: Path, out: Path) -> None:
@@ -76,6 +64,7 @@ def main() -> None:
     a = ap.parse_args()
 
     from model.video_xl import load_model
+    from tasks.evaluate import wilson_interval
     from tasks.qa import accuracy_by_type, evaluate_videos
     from tasks.samples import make_toy_videos
 
@@ -98,7 +87,7 @@ def main() -> None:
     print("| question type | correct / total | accuracy | 95% CI (Wilson) |")
     print("|---|---|---|---|")
     for t, d in [*acc["per_type"].items(), ("**overall**", acc["overall"])]:
-        lo, hi = wilson(d["correct"], d["total"])
+        lo, hi = wilson_interval(d["correct"], d["total"])
         print(f"| {t} | {d['correct']} / {d['total']} | {d['accuracy']:.1%} | {lo:.1%} - {hi:.1%} |")
 
 

@@ -112,3 +112,35 @@ def recode_worker(uri: str, names: list[str], ready, kv_codec: str) -> None:
     ready.set()
     for n in names:
         arch.recode(video_id(n), FP, kv_codec)
+
+
+#: Tables a format version added (the rest exist since version 1).
+TABLES_ADDED = {"probes": "2", "eval_runs": "3"}
+
+
+def downgrade_archive(root, version: str) -> None:
+    """Make the archive at `root` look as a vxl of format `version` left it: the columns
+    `storage.schema.ADDED_COLUMNS` lists for later versions dropped, tables added later removed,
+    `vxl.format_version` = `version` in every remaining table."""
+    import shutil
+    from pathlib import Path
+
+    import lance
+
+    from storage.schema import ADDED_COLUMNS, SCHEMAS
+
+    root = Path(root)
+    for name in SCHEMAS:
+        path = root / f"{name}.lance"
+        if int(TABLES_ADDED.get(name, "1")) > int(version):
+            shutil.rmtree(path, ignore_errors=True)
+            continue
+        if not path.exists():
+            continue
+        drops = [f.name for v, f in ADDED_COLUMNS.get(name, []) if int(v) > int(version)]
+        ds = lance.dataset(str(path))
+        if drops:
+            ds.drop_columns(drops)
+            ds = lance.dataset(str(path))
+        meta = {k.decode(): v.decode() for k, v in SCHEMAS[name].metadata.items()}
+        ds.update_schema_metadata(meta | {"vxl.format_version": version}, replace=True)

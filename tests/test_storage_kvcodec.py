@@ -9,7 +9,7 @@ import lance
 import numpy as np
 import pytest
 import torch
-from storage_factories import FP, make_memory, make_record, video_id
+from storage_factories import FP, downgrade_archive, make_memory, make_record, video_id
 from test_storage_archive import _blob_files, _flip_in_files
 
 from storage import CorruptBlob, codec, kvcodec, open_archive
@@ -249,15 +249,8 @@ def test_recode_loses_to_a_concurrent_write(tmp_path):
 
 
 def _downgrade_to_v2(root) -> None:
-    """What a vxl of format version 2 left on disk: no codec columns, `vxl.format_version` = "2"."""
-    drops = {"videos": ["kv_codec", "kv_raw_bytes"], "vst_kv": ["kv_codec"], "answers": ["kv_codec", "question_id", "correct"]}
-    for name in SCHEMAS:
-        ds = lance.dataset(str(root / f"{name}.lance"))
-        if name in drops:
-            ds.drop_columns(drops[name])
-            ds = lance.dataset(str(root / f"{name}.lance"))
-        meta = {k.decode(): v.decode() for k, v in SCHEMAS[name].metadata.items()}
-        ds.update_schema_metadata(meta | {"vxl.format_version": "2"}, replace=True)
+    """What a vxl of format version 2 left on disk (`storage_factories.downgrade_archive`)."""
+    downgrade_archive(root, "2")
 
 
 def test_version_2_archive_reads_unchanged_and_takes_codecs(tmp_path):

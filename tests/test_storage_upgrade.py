@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import lance
 import numpy as np
 import pytest
 from lance.commit import CommitConflictError
-from storage_factories import FP, make_memory, make_record
+from storage_factories import FP, downgrade_archive, make_memory, make_record
 
 from storage import ArchiveError, open_archive
 from storage import archive as archive_mod
@@ -17,18 +16,8 @@ from storage.schema import FORMAT_VERSION, SCHEMAS
 
 
 def _downgrade_to_v1(root) -> None:
-    """What a vxl of format version 1 left on disk: no `videos.library_versions`, no `probes` table,
-    no K/V codec columns (format 3), `vxl.format_version` = "1" everywhere."""
-    shutil.rmtree(root / "probes.lance")
-    drops = {"videos": ["library_versions", "kv_codec", "kv_raw_bytes"], "vst_kv": ["kv_codec"],
-             "answers": ["kv_codec", "question_id", "correct"]}
-    for name in ("videos", "vst_kv", "answers", "vico_samples"):
-        ds = lance.dataset(str(root / f"{name}.lance"))
-        if name in drops:
-            ds.drop_columns(drops[name])
-            ds = lance.dataset(str(root / f"{name}.lance"))
-        meta = {k.decode(): v.decode() for k, v in SCHEMAS[name].metadata.items()}
-        ds.update_schema_metadata(meta | {"vxl.format_version": "1"}, replace=True)
+    """What a vxl of format version 1 left on disk (`storage_factories.downgrade_archive`)."""
+    downgrade_archive(root, "1")
 
 
 def test_version_1_archive_is_upgraded_in_place_and_stays_readable(tmp_path):
