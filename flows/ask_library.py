@@ -1,275 +1,21 @@
 """Flow `ask_library`: one or many questions over every indexed video (or those matching `--where`).
 
-    driver (Prefect flow, in-process)                 Ray actors (`AskWorker`, model loaded once)
-    list videos (SQL filter on `videos`)  ---------->  answer_video(video_id, [questions])
-    skip answers already stored (same key)              load the memory once (no video, no vision
-    write `answers` rows as each video finishes <-----  tower), answer every question, return rows
-    Prefect artifact: summary table
-
-Idempotent: an `answers` row's key is the digest of (video, model fingerprint, question, choices,
-generation settings); keys already stored with status `ok` are not asked again (`force=True` asks
-again). A video that fails (corrupt blob, fingerprint mismatch, ...) gets `failed` rows with
-`error_kind` and `error`, and the job goes on. Failed rows are retried by the next run.
-
-Prefect's engine stays in the driver: the actors are plain Ray actors (no RayTaskRunner), so no
-worker ever starts a temporary Prefect server. `run_ask_library` is the same job without Prefect.
+Wiring only: the job is `tasks.ask_library.run_ask_library` (Ray actors `tasks.ask_library.AskWorker`,
+the model loaded once per actor, no vision tower); this flow runs it as one task and publishes the
+summary as the artifact `ask-library-summary`. Prefect's engine stays in the driver: the actors are
+plain Ray actors (no RayTaskRunner), so no worker ever starts a temporary Prefect server.
 """
 
 from __future__ import annotations
 
 import os
-import time
-from dataclasses import asdict
-from typing import Any
 
-from prefect import flow, task
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from tasks.ask import AskError, Question, load_questions_file, parse_questions
+from prefect import flow, task  # noqa: E402
 
-
-class AskWorker:
-    """Ray actor body: loads the model once (vision tower disabled), answers video after video."""
-
-    def __init__(self, model: str = "tiny") -> None:
-        import torch
-
-        try:  # one intra-op thread per logical CPU Ray gave this actor
-            import ray
-
-            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-            torch.set_num_threads(max(1, int(round(cpus))))
-        except Exception:  # noqa: BLE001 - outside Ray (tests call the class directly)
-            pass
-        from tasks.ask import forbid_vision, get_model
-
-        self.vx = get_model(model)
-        forbid_vision(self.vx)  # answering never encodes: any call to the vision tower fails loudly
-        self._archives: dict[str, Any] = {}
-
-    def ready(self) -> dict:
-        return {"fingerprint": self.vx.fingerprint, "name": self.vx.name, "pid": os.getpid(),
-                "device": str(self.vx.device)}
-
-    def answer_probe(self, reference):
-        """`model.probe.compute_answer_probe` against the archive's reference probe (decoder only)."""
-        from model.probe import compute_answer_probe
-
-        return compute_answer_probe(self.vx, reference)
-
-    def answer_video(self, archive_uri: str, video_id: str, questions: list[dict], max_new_tokens: int,
-                     top_windows: int | None) -> dict:
-        """Every question on one video; returns {"video_id", "rows", "seconds", "pid"} (never raises
-        for the video's own faults: they become failed rows)."""
-        from tasks.ask import answer_video_questions, open_archive_or_fail
-
-        t0 = time.perf_counter()
-        qs = [Question(q["question"], tuple(q["choices"]) if q.get("choices") is not None else None, q.get("qid"))
-              for q in questions]
-        arch = self._archives.get(archive_uri)
-        if arch is None:
-            arch = self._archives[archive_uri] = open_archive_or_fail(archive_uri)
-        rows = answer_video_questions(arch, self.vx, video_id, qs, max_new_tokens, top_windows)
-        return {"video_id": video_id, "rows": rows, "seconds": time.perf_counter() - t0, "pid": os.getpid()}
-
-
-def _qdict(q: Question) -> dict:
-    d = asdict(q)
-    d["choices"] = list(q.choices) if q.choices is not None else None
-    return d
-
-
-def _questions(questions: list | None, questions_file: str | None) -> list[Question]:
-    if (questions is None) == (questions_file is None):
-        raise AskError("usage", "give exactly one of --question and --questions FILE")
-    if questions_file is not None:
-        return load_questions_file(questions_file)
-    return parse_questions(list(questions))
-
-
-def select_videos(archive, where: str | None) -> tuple[list[str], list[str]]:
-    """(video ids with an indexed row, ids whose rows all failed indexing) among `videos` rows matching `where`.
-
-    Raises:
-        AskError('usage'): `where` is not a valid filter on `videos`.
-    """
-    from storage import STATUS_INDEXED
-
-    try:
-        rows = archive.list_videos(where=where)
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise AskError("usage", f"--where {where!r} is not a valid SQL filter on table videos: {exc}") from exc
-    indexed = sorted({r.video_id for r in rows if r.status == STATUS_INDEXED})
-    failed = sorted({r.video_id for r in rows} - set(indexed))
-    return indexed, failed
-
-
-def run_ask_library(
-    archive_uri: str,
-    questions: list | None = None,
-    questions_file: str | None = None,
-    where: str | None = None,
-    model: str = "tiny",
-    max_new_tokens: int = 32,
-    top_windows: int | None = None,
-    workers: int | None = None,
-    ray_address: str | None = None,
-    force: bool = False,
-    on_video=None,
-    accept_numerics_change: bool = False,
-    per_video: dict[str, list[Question]] | None = None,
-) -> dict:
-    """Ask `questions` (strings or {"question", "choices"?, "id"?}) of every matching indexed video.
-
-    Args:
-        where: SQL filter on `videos` (e.g. "duration_s > 60"); None = every indexed video.
-        workers: Ray actors (default: one per GPU, else one per CPU, at most one per video).
-        force: answer again even when the same key is already stored with status ok.
-        on_video: optional callback(video_id, rows) after each video's rows are written.
-        accept_numerics_change: answer even when a worker's numerics probe differs from the
-            archive's (the change is recorded in the archive's `probes` table).
-        per_video: instead of `questions`/`questions_file`/`where`: each video id's own questions
-            (benchmark evaluation, `tasks.evaluate`); ids not indexed are reported in `not_indexed`.
-
-    Returns:
-        Summary dict: videos, answered, skipped (already answered), failed, failed_videos
-        ({video_id: error_kind}), not_indexed, workers, fingerprint, seconds, rows_written.
-
-    Raises:
-        AskError: 'usage' (no/empty questions, bad `where`, bad settings), 'infrastructure'
-            (archive unreadable, Ray unreachable) or 'numerics_changed' (a worker's numerics differ
-            from the archive's; nothing answered).
-    """
-    from tasks.ask import answer_settings, open_archive_or_fail
-
-    t0 = time.perf_counter()
-    if per_video is not None:
-        if questions is not None or questions_file is not None or where is not None:
-            raise AskError("usage", "per_video replaces questions, questions_file and where")
-        for vqs in per_video.values():
-            for q in vqs:
-                q.validate()
-        qs = [q for vqs in per_video.values() for q in vqs]
-    else:
-        qs = _questions(questions, questions_file)
-    if max_new_tokens < 1:
-        raise AskError("usage", f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    if top_windows is not None and top_windows < 0:
-        raise AskError("usage", f"--top-windows must be >= 0, got {top_windows}")
-    if workers is not None and workers < 1:
-        raise AskError("usage", f"--workers must be >= 1, got {workers}")
-    archive = open_archive_or_fail(archive_uri)
-    videos, not_indexed = select_videos(archive, where)
-    if per_video is not None:
-        have = set(videos)
-        videos = sorted(v for v in per_video if v in have)
-        not_indexed = sorted(v for v in per_video if v not in have)
-    summary: dict[str, Any] = {"archive": archive_uri, "where": where, "questions": len(qs), "videos": len(videos),
-                               "answered": 0, "skipped": 0, "failed": 0, "failed_videos": {},
-                               "not_indexed": not_indexed, "workers": 0, "fingerprint": None, "rows_written": 0,
-                               "settings": answer_settings(max_new_tokens, top_windows)}
-    if not videos:
-        summary["seconds"] = time.perf_counter() - t0
-        return summary
-
-    import ray
-
-    from tasks.ray_runtime import RayUnavailable, ensure_ray
-
-    try:
-        info = ensure_ray(ray_address)
-    except RayUnavailable as exc:
-        raise AskError("infrastructure", str(exc)) from exc
-    n = workers or max(1, info.num_gpus or info.num_cpus)
-    n = min(n, len(videos))
-    opts = {"num_gpus": 1} if info.num_gpus > 0 else {"num_cpus": 1}
-    actor_cls = ray.remote(AskWorker).options(**opts)
-    actors = [actor_cls.remote(model) for _ in range(n)]
-    from tasks.numerics import NumericsChanged, check_probe
-
-    def check_numerics(actor) -> dict:
-        """Wait for `actor` to load the model; answer the archive's probe there and compare."""
-        info = ray.get(actor.ready.remote())
-        ref = archive.reference_probe(info["fingerprint"])
-        if ref is None:
-            summary.setdefault("numerics", []).append({"pid": info["pid"], "status": "unverified"})
-            return info
-        try:
-            res = check_probe(archive, ray.get(actor.answer_probe.remote(ref)), accept=accept_numerics_change,
-                              record=False)
-        except NumericsChanged as exc:
-            raise AskError("numerics_changed", str(exc)) from exc
-        summary.setdefault("numerics", []).append({"pid": info["pid"], **res})
-        return info
-
-    try:
-        first = [check_numerics(a) for a in actors][0]
-    except ray.exceptions.RayError as exc:
-        for a in actors:
-            ray.kill(a)
-        raise AskError("infrastructure", f"answer worker could not load model {model!r}: {exc}") from exc
-    except AskError:
-        for a in actors:
-            ray.kill(a)
-        raise
-    fp = first["fingerprint"]
-    summary.update(workers=n, fingerprint=fp, model=first["name"])
-
-    from storage import answer_key
-
-    settings = answer_settings(max_new_tokens, top_windows)
-    done = set() if force else {r["key"] for r in archive.list_answers(where="status = 'ok'")}
-    jobs = []
-    for vid in videos:
-        vqs = per_video[vid] if per_video is not None else qs
-        todo = [q for q in vqs if answer_key(vid, fp, q.question, q.choices, settings) not in done]
-        summary["skipped"] += len(vqs) - len(todo)
-        if todo:
-            jobs.append((vid, [_qdict(q) for q in todo]))
-
-    pending: dict[Any, tuple[Any, str, list[dict]]] = {}
-    free = list(actors)
-    queue = list(jobs)
-
-    def submit(actor) -> None:
-        vid, qd = queue.pop(0)
-        ref = actor.answer_video.remote(archive_uri, vid, qd, max_new_tokens, top_windows)
-        pending[ref] = (actor, vid, qd)
-
-    try:
-        while queue and free:
-            submit(free.pop())
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            ref = ready[0]
-            actor, vid, qd = pending.pop(ref)
-            try:
-                rows = ray.get(ref)["rows"]
-            except ray.exceptions.RayError as exc:  # the worker died or raised: record, replace it
-                err = AskError("infrastructure", f"video {vid}: answer worker failed: {type(exc).__name__}: {exc}", vid)
-                from tasks.ask import answer_row
-
-                rows = [answer_row(vid, fp, Question(q["question"], tuple(q["choices"]) if q.get("choices") else None),
-                                   settings, error=err) for q in qd]
-                ray.kill(actor)
-                actor = actor_cls.remote(model)
-                actors.append(actor)
-                if queue:
-                    check_numerics(actor)
-            summary["rows_written"] += archive.put_answers(rows)
-            bad = [r for r in rows if r["status"] != "ok"]
-            summary["answered"] += len(rows) - len(bad)
-            summary["failed"] += len(bad)
-            if bad:
-                summary["failed_videos"][vid] = bad[0]["error_kind"]
-            if on_video is not None:
-                on_video(vid, rows)
-            if queue:
-                submit(actor)
-    finally:
-        for a in actors:
-            ray.kill(a)
-    summary["seconds"] = time.perf_counter() - t0
-    return summary
+from flows.outcome import final_state  # noqa: E402
+from tasks.ask_library import run_ask_library, summary_markdown  # noqa: E402
 
 
 @task(name="ask-library-videos")
@@ -278,27 +24,6 @@ def _run(archive_uri: str, questions: list | None, questions_file: str | None, w
          force: bool, accept_numerics_change: bool = False) -> dict:
     return run_ask_library(archive_uri, questions, questions_file, where, model, max_new_tokens, top_windows,
                            workers, ray_address, force, accept_numerics_change=accept_numerics_change)
-
-
-def summary_markdown(s: dict) -> str:
-    """The Prefect artifact: counts and the failed videos."""
-    lines = [
-        "# ask_library",
-        "",
-        f"archive `{s['archive']}`, filter `{s['where'] or 'all indexed videos'}`, model fingerprint "
-        f"`{(s['fingerprint'] or '-')[:16]}`, settings `{s['settings']}`",
-        "",
-        "| videos | questions | answered | already answered | failed | workers | seconds |",
-        "|---|---|---|---|---|---|---|",
-        f"| {s['videos']} | {s['questions']} | {s['answered']} | {s['skipped']} | {s['failed']} | {s['workers']} "
-        f"| {s.get('seconds', 0):.1f} |",
-    ]
-    if s["failed_videos"]:
-        lines += ["", "| failed video | error kind |", "|---|---|"]
-        lines += [f"| `{v}` | {k} |" for v, k in sorted(s["failed_videos"].items())]
-    if s["not_indexed"]:
-        lines += ["", f"{len(s['not_indexed'])} matching videos are not indexed (their indexing failed)."]
-    return "\n".join(lines)
 
 
 @flow(name="ask_library", log_prints=False)
@@ -315,7 +40,10 @@ def ask_library(
     force: bool = False,
     accept_numerics_change: bool = False,
 ) -> dict:
-    """Prefect flow around `run_ask_library`; publishes the summary as the artifact `ask-library-summary`."""
+    """Prefect flow around `run_ask_library`; publishes the summary as the artifact `ask-library-summary`.
+
+    Returns the summary as the final state's data; the state is `Completed`, "Completed with
+    failures" when some answers failed, or `Failed` when every question failed (`flows.outcome`)."""
     from prefect.artifacts import create_markdown_artifact
 
     summary = _run(archive_uri=archive_uri, questions=questions, questions_file=questions_file, where=where,
@@ -323,4 +51,5 @@ def ask_library(
                    ray_address=ray_address, force=force, accept_numerics_change=accept_numerics_change)
     create_markdown_artifact(markdown=summary_markdown(summary), key="ask-library-summary",
                              description="vxl ask-library job summary")
-    return summary
+    return final_state(summary, succeeded=summary["answered"] + summary["skipped"], failed=summary["failed"],
+                       what="questions")

@@ -129,13 +129,14 @@ def register(app: typer.Typer) -> None:
                 top_windows=top_windows, workers=workers, ray_address=ray_address, force=force,
                 accept_numerics_change=accept_numerics_change)
             if no_prefect:
-                from flows.ask_library import run_ask_library
+                from tasks.ask_library import run_ask_library
 
                 summary = run_ask_library(**kwargs)
             else:
                 from flows.ask_library import ask_library
+                from flows.outcome import run_flow
 
-                summary = ask_library(**kwargs)
+                summary = run_flow(ask_library, **kwargs)
         except AskError as exc:
             raise _fail(exc, as_json) from None
         if as_json:

@@ -59,12 +59,13 @@ def demo(
                             width=320, height=240, fps=8, scene_s=(2.0, 8.0))
     say(f"2/3 indexing into {archive} ({model} model, local Ray, Prefect in-process)")
     from flows.index_corpus import index_corpus
+    from flows.outcome import run_flow
 
     live = LiveProgress(enabled=not as_json)
     set_progress_sink(live)
     try:
         with live:
-            report = IndexReport(**index_corpus(sources=[str(p) for p in paths], archive=str(archive), model=model))
+            report = IndexReport(**run_flow(index_corpus, sources=[str(p) for p in paths], archive=str(archive), model=model))
     except (IndexInfraError, RayUnavailable) as exc:
         fail(str(exc), "infrastructure", 1)
     finally:

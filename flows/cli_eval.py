@@ -140,10 +140,11 @@ def register(app: typer.Typer) -> None:
         except BenchmarkFileError as exc:
             raise _fail(str(exc), "usage", 2, as_json) from None
         from flows.evaluate import evaluate
+        from flows.outcome import run_flow
 
         uri = archive or os.environ.get("VXL_ARCHIVE") or "archive"
         try:
-            res = evaluate(archive=uri, questions_file=questions, videos_dir=videos, model=model,
+            res = run_flow(evaluate, archive=uri, questions_file=questions, videos_dir=videos, model=model,
                            top_windows=top_windows, index=not no_index, workers=workers, ray_address=ray_address,
                            force=force, layout=layout, run_name=name)
         except EvalError as exc:

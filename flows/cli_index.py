@@ -146,8 +146,9 @@ def index(
                 report = run_index(sources, archive, make_options(model, **kw))
             else:
                 from flows.index_corpus import index_corpus
+                from flows.outcome import run_flow
 
-                report = IndexReport(**index_corpus(sources=list(sources), archive=archive, model=model, **kw))
+                report = IndexReport(**run_flow(index_corpus, sources=list(sources), archive=archive, model=model, **kw))
     except UsageError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

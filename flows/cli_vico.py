@@ -77,11 +77,13 @@ def vico(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 
+    from flows.outcome import run_flow
     from flows.synth_vico import synth_vico
     from tasks.ray_runtime import RayUnavailable
 
     try:
-        summary = synth_vico(
+        summary = run_flow(
+            synth_vico,
             source=source, out=str(out), annotations=opts.annotations, captioner=captioner, extractor=extractor,
             seed=seed, clip_seconds=clip_seconds, k=k, archive=archive, captioner_options=opts.captioner_options,
             extractor_options=opts.extractor_options, min_gap_s=min_gap, samples_per_video=samples_per_video,

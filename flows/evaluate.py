@@ -14,6 +14,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from prefect import flow, task  # noqa: E402
 
+from flows.outcome import final_state  # noqa: E402
+
 
 def eval_markdown(res: dict) -> str:
     """The artifact: overall and per-type accuracy with 95% intervals, the questions left out."""
@@ -65,4 +67,4 @@ def evaluate(
                top_windows=top_windows, index=index, workers=workers, ray_address=ray_address, force=force,
                layout=layout, run_name=run_name)
     create_markdown_artifact(markdown=eval_markdown(res), key="evaluate-summary", description="vxl eval summary")
-    return res
+    return final_state(res, succeeded=res["num_questions"], failed=len(res["missing"]), what="questions")

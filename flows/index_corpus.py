@@ -16,6 +16,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from prefect import flow  # noqa: E402
 
+from flows.outcome import final_state  # noqa: E402
 from tasks.index import make_options, options_to_dict, prefect_tasks  # noqa: E402
 
 
@@ -68,6 +69,8 @@ def index_corpus(
         kv_codec: how memories are stored: "raw" (bit-exact), "int8", "int4" (`storage.kvcodec`).
 
     Returns:
+        (as the final state's data; the state is `Completed`, "Completed with failures" or `Failed`
+        when every video of the run failed, `flows.outcome.final_state`)
         `IndexReport` as a dict (`indexed`, `skipped`, `failed`, `frames`, `kv_bytes`, `seconds`, ...).
     """
     discover_videos, check_archive, index_videos, publish_summary = prefect_tasks()
@@ -81,4 +84,5 @@ def index_corpus(
     check_archive(archive)
     report = index_videos(found["videos"], archive, options_to_dict(opts), found["ignored"])
     publish_summary(report)
-    return report
+    done = len(report["indexed"]) + sum(1 for k in report["skipped"] if k["reason"] != "failed_before")
+    return final_state(report, succeeded=done, failed=len(report["failed"]), what="videos")

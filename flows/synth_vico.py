@@ -15,7 +15,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from prefect import flow  # noqa: E402
 
-from tasks.vico import VicoOptions, prefect_tasks  # noqa: E402
+from flows.outcome import final_state  # noqa: E402
+from tasks.vico import FAILURE_KINDS, VicoOptions, prefect_tasks  # noqa: E402
 
 
 @flow(name="synth-vico", log_prints=False, validate_parameters=True)
@@ -66,6 +67,8 @@ def synth_vico(
         ray_address: Ray cluster (default `RAY_ADDRESS`, else a local Ray).
 
     Returns:
+        (as the final state's data: `Completed`, "Completed with failures" when a video failed, or
+        `Failed` when no sample was written, `flows.outcome.final_state`)
         The summary (samples written per split, skipped videos and why, clue-count and
         answer-position distributions, `exit_code`).
     """
@@ -84,4 +87,8 @@ def synth_vico(
     results, run_info = synth_vico_videos(jobs, options)
     summary = write_vico_samples(results, options, join)
     publish_summary(summary)
-    return {**summary, "run": run_info}
+    v = summary["videos"]
+    failed = sum(n for k, n in summary["skipped_by_kind"].items() if k in FAILURE_KINDS)
+    if summary["samples_written"]["total"] == 0 and not failed:
+        failed = max(1, v["total"])  # nothing written at all is a failed run, whatever the reason
+    return final_state({**summary, "run": run_info}, succeeded=v["with_samples"], failed=failed, what="videos")

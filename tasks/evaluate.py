@@ -338,8 +338,8 @@ def run_eval(
     """
     import time
 
-    from flows.ask_library import run_ask_library
     from tasks.ask import AskError, Question
+    from tasks.ask_library import run_ask_library
 
     t0 = time.perf_counter()
     try:

@@ -212,8 +212,17 @@ def test_prefect_flow_runs_and_publishes_artifact(ray_session, corpus, tmp_path,
         from flows.index_corpus import index_corpus
 
         srcs = [str(corpus / "good" / "sample_02.mp4"), str(corpus / "bad" / "not_a_video.mp4")]
-        out = index_corpus(sources=srcs, archive=str(tmp_path / "archive"), max_frames=6, workers=1)
+        state = index_corpus(sources=srcs, archive=str(tmp_path / "archive"), max_frames=6, workers=1,
+                             return_state=True)
+        out = state.result()
         assert len(out["indexed"]) == 1 and [f["error_kind"] for f in out["failed"]] == ["not_a_video"]
+        # a run with a failed video is not a green Completed (issue 15): named state, message with counts
+        assert state.is_completed() and state.name == "Completed with failures", (state.name, state.message)
+        assert "1 of 2 videos failed" in state.message
+        # every video of the run failed: Failed, with the report still in the state
+        bad_only = index_corpus(sources=[str(corpus / "bad" / "not_a_video.mp4")], archive=str(tmp_path / "a2"),
+                                max_frames=6, workers=1, return_state=True)
+        assert bad_only.is_failed() and bad_only.result(raise_on_failure=False)["failed"]
 
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey

@@ -30,14 +30,23 @@ def test_flow_on_ray_matches_in_process(flow_videos, tmp_path):
 
     info = ensure_ray(num_cpus=2, include_dashboard=False)
     try:
-        summary = synth_vico(source=str(flow_videos), out=str(tmp_path / "ray"), samples_per_video=3,
-                             val_fraction=0.5, workers=2, **ARGS)
+        state = synth_vico(source=str(flow_videos), out=str(tmp_path / "ray"), samples_per_video=3,
+                           val_fraction=0.5, workers=2, return_state=True, **ARGS)
+        summary = state.result()
     finally:
         shutdown_if_started(info)
     assert summary["run"]["mode"] == "tasks"
     assert summary["videos"] == {"total": 4, "with_samples": 3, "skipped": 1}
     assert summary["skipped"][0]["video"] == "broken.mp4" and summary["skipped"][0]["kind"] == "decode_failed"
     assert summary["exit_code"] == 3
+    # one video failed to decode: the run says so in its state (issue 15), not a green Completed
+    assert state.is_completed() and state.name == "Completed with failures", (state.name, state.message)
+    # no sample written at all: Failed, the summary still in the state
+    only_bad = tmp_path / "only_bad"
+    only_bad.mkdir()
+    (only_bad / "broken.mp4").write_bytes(b"")
+    none = synth_vico(source=str(only_bad), out=str(tmp_path / "none"), workers=0, return_state=True, **ARGS)
+    assert none.is_failed() and none.result(raise_on_failure=False)["samples_written"]["total"] == 0
     assert json.loads((tmp_path / "ray" / "summary.json").read_text())["samples_written"] == summary["samples_written"]
     # same as the pure pipeline in this process, byte for byte
     opts = VicoOptions(source=str(flow_videos), out=str(tmp_path / "local"), samples_per_video=3, val_fraction=0.5,
