@@ -15,7 +15,10 @@ import os
 
 import typer
 
+from flows.cli_common import VxlGroup
+
 app = typer.Typer(
+    cls=VxlGroup,
     name="vxl",
     help="Index a video library into an archive of Video-XL VST memories and answer questions from it.",
     no_args_is_help=True,

@@ -15,6 +15,8 @@ from typing import Any
 
 import typer
 
+from flows.cli_common import EXIT_INFRA, EXIT_USAGE, fail
+
 ArchiveOpt = typer.Option(
     None, "--archive", "-a", help="Archive URI (folder or s3://...). Default: $VXL_ARCHIVE or ./archive."
 )
@@ -39,15 +41,17 @@ LS_FIELDS = (
 )
 
 
-def _open(uri: str | None):
-    from storage import open_archive
+def _open(uri: str | None, as_json: bool = False):
+    """The existing archive at `uri` (or $VXL_ARCHIVE, else ./archive); never creates one."""
+    from storage import ArchiveError, ArchiveNotFound, open_archive
 
     uri = uri or os.environ.get("VXL_ARCHIVE") or "archive"
     try:
-        return open_archive(uri)
-    except Exception as exc:  # infrastructure: unreachable store, bad format version, ...
-        typer.echo(f"error: cannot open archive {uri}: {exc}", err=True)
-        raise typer.Exit(1) from exc
+        return open_archive(uri, create=False)
+    except ArchiveNotFound as exc:
+        raise fail(str(exc), "archive_not_found", EXIT_USAGE, as_json) from None
+    except (ArchiveError, OSError, ValueError, RuntimeError) as exc:  # unreachable store, format version, ...
+        raise fail(f"cannot open archive {uri}: {exc}", "infrastructure", EXIT_INFRA, as_json) from None
 
 
 def _jsonable(v: Any) -> Any:
@@ -74,17 +78,17 @@ def _size(n: int | None) -> str:
     return str(n)
 
 
-def _resolve_id(arch, vid: str) -> str:
-    ids = sorted({r.video_id for r in arch.list_videos()})
-    if vid in ids:
-        return vid
-    hits = [i for i in ids if i.startswith(vid)]
-    if len(hits) == 1:
-        return hits[0]
-    typer.echo(
-        f"error: {'no' if not hits else 'ambiguous'} video id {vid!r} (see `vxl archive ls`)", err=True
-    )
-    raise typer.Exit(2)
+def _resolve_id(arch, vid: str, as_json: bool = False) -> str:
+    """A full video id from an id or a unique prefix (with or without `xxh3-128:`), else exit 2."""
+    from storage import AmbiguousVideoId, VideoNotFound
+
+    try:
+        return arch.resolve_video_id(vid)
+    except AmbiguousVideoId as exc:
+        raise fail(str(exc), "usage", EXIT_USAGE, as_json, video_id=vid) from None
+    except VideoNotFound:
+        raise fail(f"no video with id {vid!r} in archive {arch.uri} (see `vxl archive ls`)", "video_not_found",
+                   EXIT_USAGE, as_json, video_id=vid) from None
 
 
 def register(app: typer.Typer) -> None:
@@ -98,7 +102,7 @@ def register(app: typer.Typer) -> None:
         where: str = typer.Option(None, "--where", help="SQL filter on `videos`, e.g. \"status = 'failed'\"."),
     ) -> None:
         """List videos (one line per video and model fingerprint)."""
-        arch = _open(archive)
+        arch = _open(archive, as_json)
         recs = arch.list_videos(where)
         rows = [{k: getattr(r, k) for k in LS_FIELDS} for r in recs]
         if as_json:
@@ -129,15 +133,14 @@ def register(app: typer.Typer) -> None:
         """Show one video: its record(s) and, per fingerprint, its windows (no K/V is read)."""
         import dataclasses
 
-        arch = _open(archive)
-        vid = _resolve_id(arch, video_id)
+        arch = _open(archive, as_json)
+        vid = _resolve_id(arch, video_id, as_json)
         if plot:
             from flows.plan_plot import plot_plan
 
             indexed = [r for r in arch.list_videos(f"video_id = '{vid}'") if r.status == "indexed"]
             if not indexed:
-                typer.echo(f"error: video {vid} has no indexed memory, so no plan to draw", err=True)
-                raise typer.Exit(2)
+                raise fail(f"video {vid} has no indexed memory, so no plan to draw", "usage", EXIT_USAGE, as_json)
             written = plot_plan(indexed[0], plot)
             if not as_json:
                 typer.echo(f"plan plot written to {written}")
@@ -180,7 +183,7 @@ def register(app: typer.Typer) -> None:
         """Re-check every blob checksum and per-video invariants. Exit 3 and list problems if any."""
         import dataclasses
 
-        arch = _open(archive)
+        arch = _open(archive, as_json)
         rep = arch.verify()
         if as_json:
             _print_json(
@@ -208,7 +211,7 @@ def register(app: typer.Typer) -> None:
     @sub.command("stats")
     def stats_cmd(archive: str = ArchiveOpt, as_json: bool = JsonOpt) -> None:
         """Counts, K/V bytes (stored and raw, per codec, with the ratio to raw) and bytes on disk."""
-        st = _open(archive).stats()
+        st = _open(archive, as_json).stats()
         if as_json:
             _print_json(st)
             return
@@ -248,10 +251,9 @@ def register(app: typer.Typer) -> None:
         from storage.kvcodec import KV_CODECS
 
         if kv_codec not in KV_CODECS:
-            typer.echo(f"error: --kv-codec must be one of {list(KV_CODECS)}, got {kv_codec!r}", err=True)
-            raise typer.Exit(2)
-        arch = _open(archive)
-        ids = {_resolve_id(arch, v) for v in video_ids} if video_ids else None
+            raise fail(f"--kv-codec must be one of {list(KV_CODECS)}, got {kv_codec!r}", "usage", EXIT_USAGE, as_json)
+        arch = _open(archive, as_json)
+        ids = {_resolve_id(arch, v, as_json) for v in video_ids} if video_ids else None
         recs = [r for r in arch.list_videos("status = 'indexed'")
                 if (ids is None or r.video_id in ids) and (fingerprint is None or r.model_fingerprint == fingerprint)]
         results, failed = [], 0
@@ -291,16 +293,21 @@ def register(app: typer.Typer) -> None:
         archive: str = ArchiveOpt,
         as_json: bool = JsonOpt,
         older_than: float = typer.Option(
-            600.0, "--older-than", help="Remove table versions older than this many seconds."
+            600.0, "--older-than", min=0, help="Remove table versions older than this many seconds."
         ),
         grace: float = typer.Option(
-            600.0, "--grace", help="Keep uncommitted K/V rows younger than this many seconds (puts in flight)."
+            600.0, "--grace", min=0, help="Keep uncommitted K/V rows younger than this many seconds (puts in flight)."
         ),
     ) -> None:
         """Delete garbage K/V rows, compact files and remove old versions."""
+        import math
         import warnings
 
-        arch = _open(archive)
+        for flag, v in (("--older-than", older_than), ("--grace", grace)):
+            if not (math.isfinite(v) and v >= 0):
+                raise fail(f"{flag} must be a finite number of seconds >= 0, got {v!r}", "usage", EXIT_USAGE, as_json)
+
+        arch = _open(archive, as_json)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             out = arch.compact(older_than=timedelta(seconds=older_than), garbage_grace=timedelta(seconds=grace))
@@ -313,7 +320,7 @@ def register(app: typer.Typer) -> None:
 
     @sub.command("rm")
     def rm_cmd(
-        video_id: str = typer.Argument(..., help="Video id (exact)."),
+        video_id: str = typer.Argument(..., help="Video id (or a unique prefix)."),
         archive: str = ArchiveOpt,
         as_json: bool = JsonOpt,
         fingerprint: str = typer.Option(None, "--fingerprint", help="Only this model fingerprint."),
@@ -321,12 +328,12 @@ def register(app: typer.Typer) -> None:
         """Remove a video (all fingerprints unless --fingerprint) and its K/V."""
         from storage import VideoNotFound
 
-        arch = _open(archive)
+        arch = _open(archive, as_json)
+        video_id = _resolve_id(arch, video_id, as_json)
         try:
             n = arch.rm(video_id, fingerprint)
         except VideoNotFound as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from exc
+            raise fail(str(exc), "video_not_found", EXIT_USAGE, as_json, video_id=video_id) from None
         if as_json:
             _print_json({"video_id": video_id, "removed": n})
         else:

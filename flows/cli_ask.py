@@ -19,7 +19,7 @@ from typing import Any
 
 import typer
 
-from tasks.ask import EXIT_FAILURES, AskError
+from tasks.ask import EXIT_FAILURES, AskError, open_archive_or_fail
 
 
 def _archive_uri(uri: str | None) -> str:
@@ -128,6 +128,10 @@ def register(app: typer.Typer) -> None:
                 questions_file=questions, where=where, model=model, max_new_tokens=max_new_tokens,
                 top_windows=top_windows, workers=workers, ray_address=ray_address, force=force,
                 accept_numerics_change=accept_numerics_change)
+            from tasks.ask_library import questions_from
+
+            questions_from(kwargs["questions"], kwargs["questions_file"])  # usage errors before Prefect and Ray
+            open_archive_or_fail(kwargs["archive_uri"])
             if no_prefect:
                 from tasks.ask_library import run_ask_library
 

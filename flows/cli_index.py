@@ -16,6 +16,17 @@ import sys
 
 import typer
 
+from flows.cli_common import EXIT_INFRA, EXIT_USAGE, fail
+
+
+def _check_archive_path(archive: str) -> None:
+    """A local archive path that is an existing file is a usage error (before Prefect or Ray start)."""
+    from tasks.index import UsageError
+
+    path = archive.removeprefix("file://")
+    if "://" not in archive.removeprefix("file://") and os.path.isfile(path):
+        raise UsageError(f"--archive {archive} is a file, not an archive folder: give a folder (created if missing)")
+
 
 def _human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -54,9 +65,9 @@ class LiveProgress:
     def __call__(self, p) -> None:
         if not self.enabled:
             return
-        if p.dashboard_url and not self.url_shown:
+        if (p.ray or p.dashboard_url) and not self.url_shown:
             self.url_shown = True
-            self.console.print(f"Ray dashboard: {p.dashboard_url}")
+            self.console.print(p.ray or f"Ray dashboard: {p.dashboard_url}")
         rate = p.frames / p.elapsed_s if p.elapsed_s > 0 else 0.0
         stats = (f"indexed {p.indexed}  skipped {p.skipped}  [red]failed {p.failed}[/red]  "
                  f"in flight {p.in_flight}  {rate:.1f} frames/s")
@@ -110,8 +121,8 @@ def index(
     """
     archive = archive or os.environ.get("VXL_ARCHIVE")
     if not archive:
-        typer.echo("error: --archive is required (or set VXL_ARCHIVE), e.g. --archive ./archive", err=True)
-        raise typer.Exit(2)
+        raise fail("--archive is required (or set VXL_ARCHIVE), e.g. --archive ./archive", "usage", EXIT_USAGE,
+                   as_json)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from model.environment import UpstreamDriftError
@@ -134,9 +145,9 @@ def index(
     try:
         make_options(model, **kw).validate()
         _discover(sources)  # fail fast on missing sources, before Ray and Prefect start
+        _check_archive_path(archive)
     except UsageError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(str(exc), "usage", EXIT_USAGE, as_json) from None
 
     live = LiveProgress(enabled=sys.stderr.isatty() or not as_json)
     set_progress_sink(live)
@@ -150,14 +161,11 @@ def index(
 
                 report = IndexReport(**run_flow(index_corpus, sources=list(sources), archive=archive, model=model, **kw))
     except UsageError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(str(exc), "usage", EXIT_USAGE, as_json) from None
     except (IndexInfraError, RayUnavailable, UpstreamDriftError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        raise fail(str(exc), "infrastructure", EXIT_INFRA, as_json) from None
     except NumericsChanged as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(exc.exit_code) from None
+        raise fail(str(exc), "numerics_changed", exc.exit_code, as_json) from None
     finally:
         set_progress_sink(None)
     if as_json:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import typer
 
+from flows.cli_common import EXIT_INFRA, EXIT_USAGE, fail
+
 
 def sample_videos(
     out_dir: Path = typer.Argument(..., help="Folder to write sample_NN.mp4 and sample_NN.json into."),
@@ -35,11 +37,9 @@ def sample_videos(
             out_dir, count=count, seconds=seconds, fps=fps, width=width, height=height, seed=seed
         )
     except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(str(exc), "usage", EXIT_USAGE, as_json) from None
     except OSError as exc:
-        typer.echo(f"error: cannot write sample videos to {out_dir}: {exc}", err=True)
-        raise typer.Exit(1) from None
+        raise fail(f"cannot write sample videos to {out_dir}: {exc}", "infrastructure", EXIT_INFRA, as_json) from None
     rows = []
     for p in paths:
         truth = load_truth(p)

@@ -10,14 +10,15 @@ from pathlib import Path
 
 import typer
 
+from flows.cli_common import EXIT_INFRA, EXIT_USAGE, fail
 
-def _parse_opts(items: list[str] | None, flag: str) -> dict:
+
+def _parse_opts(items: list[str] | None, flag: str, as_json: bool = False) -> dict:
     """["model=/m", "max_new_tokens=32"] -> {"model": "/m", "max_new_tokens": 32} (values JSON when they parse)."""
     out = {}
     for it in items or []:
         if "=" not in it:
-            typer.echo(f"error: {flag} expects KEY=VALUE, got {it!r}", err=True)
-            raise typer.Exit(2)
+            raise fail(f"{flag} expects KEY=VALUE, got {it!r}", "usage", EXIT_USAGE, as_json)
         k, v = it.split("=", 1)
         try:
             out[k.strip()] = json.loads(v)
@@ -64,8 +65,8 @@ def vico(
 
     opts = VicoOptions(
         source=source, out=str(out), annotations=str(annotations) if annotations else None, captioner=captioner,
-        extractor=extractor, captioner_options=_parse_opts(captioner_opt, "--captioner-opt"),
-        extractor_options=_parse_opts(extractor_opt, "--extractor-opt"), seed=seed, clip_seconds=clip_seconds,
+        extractor=extractor, captioner_options=_parse_opts(captioner_opt, "--captioner-opt", as_json),
+        extractor_options=_parse_opts(extractor_opt, "--extractor-opt", as_json), seed=seed, clip_seconds=clip_seconds,
         k=k, min_gap_s=min_gap, samples_per_video=samples_per_video,
         forms=tuple(f.strip() for f in forms.split(",") if f.strip()), num_choices=num_choices,
         val_fraction=val_fraction, fps=fps, max_frames=max_frames, workers=workers, ray_address=ray_address,
@@ -74,8 +75,7 @@ def vico(
     try:
         opts.validate()
     except VicoUsageError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(str(exc), "usage", EXIT_USAGE, as_json) from None
 
     from flows.outcome import run_flow
     from flows.synth_vico import synth_vico
@@ -91,11 +91,9 @@ def vico(
             max_frames=max_frames, workers=workers, ray_address=ray_address,
         )
     except VicoUsageError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(str(exc), "usage", EXIT_USAGE, as_json) from None
     except (RayUnavailable, OSError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        raise fail(str(exc), "infrastructure", EXIT_INFRA, as_json) from None
     if as_json:
         typer.echo(json.dumps(summary, sort_keys=True))
     else:

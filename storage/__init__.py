@@ -14,10 +14,19 @@ from storage.archive import (
     answer_key,
     open_archive,
 )
-from storage.errors import ArchiveError, CorruptBlob, FingerprintMismatch, VideoNotFound
+from storage.errors import (
+    AmbiguousVideoId,
+    ArchiveError,
+    ArchiveNotFound,
+    CorruptBlob,
+    FingerprintMismatch,
+    VideoNotFound,
+)
 from storage.schema import FORMAT_VERSION
 
 __all__ = [
+    "AmbiguousVideoId",
+    "ArchiveNotFound",
     "FORMAT_VERSION",
     "STATUS_FAILED",
     "STATUS_INDEXED",

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -32,7 +33,14 @@ import pyarrow as pa
 
 from model.memory import VSTMemory, WindowSpan
 from storage import codec, kvcodec
-from storage.errors import ArchiveError, CorruptBlob, FingerprintMismatch, VideoNotFound
+from storage.errors import (
+    AmbiguousVideoId,
+    ArchiveError,
+    ArchiveNotFound,
+    CorruptBlob,
+    FingerprintMismatch,
+    VideoNotFound,
+)
 from storage.schema import (
     ADDED_COLUMNS,
     ANSWERS_SCHEMA,
@@ -215,8 +223,20 @@ def answer_key(
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def _utf8(v: Any) -> Any:
+    """A str that Arrow can store: lone surrogates (undecodable bytes of OS file names, PEP 383, and
+    error texts that quote them) become backslash escapes (`\\udcff`) instead of failing the write."""
+    if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            return v.encode("utf-8", "backslashreplace").decode("utf-8")
+    return v
+
+
 def _table_from_rows(rows: list[dict], schema: pa.Schema) -> pa.Table:
-    cols = {f.name: [r.get(f.name) for r in rows] for f in schema}
+    cols = {f.name: [_utf8(r.get(f.name)) if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+                     else r.get(f.name) for r in rows] for f in schema}
     return pa.Table.from_pydict(cols, schema=schema)
 
 
@@ -266,13 +286,18 @@ def _dedupe(rows: Iterable[dict], key: str) -> list[dict]:
     return list(out.values())
 
 
+VIDEO_ID_SCHEME = "xxh3-128:"
+"""Prefix of every video id (`tasks.video.video_id`: XXH3-128 of the file's bytes)."""
+
+
 class Archive:
     """A VST-KV archive at `uri` (local folder or object-store URI). Use `open_archive`.
 
     All methods are safe to call from several processes at once (not across `fork`: spawn only).
     """
 
-    def __init__(self, uri: str | os.PathLike, storage_options: dict[str, str] | None = None) -> None:
+    def __init__(self, uri: str | os.PathLike, storage_options: dict[str, str] | None = None, *,
+                 create: bool = True) -> None:
         import lancedb
 
         self.uri = str(uri)
@@ -297,6 +322,11 @@ class Archive:
         """(key, write_id) -> metadata rows (with row addresses and blob locations) of that write."""
         self._frag_files: dict[int, str | None] = {}
         """vst_kv fragment id -> its data file path (for blob sidecar locations)."""
+        if not create:
+            try:
+                self._db.open_table("videos")
+            except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:  # lancedb: no such table
+                raise ArchiveNotFound(self.uri, "no `videos` table") from exc
         for name in SCHEMAS:
             self._table(name)
 
@@ -395,6 +425,33 @@ class Archive:
         rows = self._video_rows(where)
         rows.sort(key=lambda r: (r["video_id"], r["model_fingerprint"]))
         return [VideoRecord.from_row(r) for r in rows]
+
+    def resolve_video_id(self, text: str) -> str:
+        """The full video id for `text`: an id, or a unique prefix of one, with or without the
+        `xxh3-128:` scheme (`vxl archive ls` prints ids shortened; users copy the hex part).
+
+        Args:
+            text: e.g. `xxh3-128:2b0b241c...` (full), `xxh3-128:2b0b241c` or `2b0b241c` (>= 4 hex digits).
+
+        Raises:
+            VideoNotFound: no video id matches.
+            AmbiguousVideoId: the prefix matches several ids.
+        """
+        t = text.strip().lower()
+        cands = [t]
+        if ":" not in t and t and all(c in "0123456789abcdef" for c in t):
+            cands.append(VIDEO_ID_SCHEME + t)
+        for c in cands:
+            if self._video_rows(f"video_id = {_q(c)}", columns=["video_id"]):
+                return c
+        if len(t.rsplit(":", 1)[-1]) >= 4 and re.fullmatch(r"[0-9a-z:-]+", t):  # no LIKE wildcards
+            ids = sorted({r["video_id"] for c in cands
+                          for r in self._video_rows(f"video_id LIKE {_q(c + '%')}", columns=["video_id"])})
+            if len(ids) == 1:
+                return ids[0]
+            if ids:
+                raise AmbiguousVideoId(text, ids)
+        raise VideoNotFound(text)
 
     def get_video(self, video_id: str, fingerprint: str | None = None) -> VideoRecord:
         """The `videos` row of `video_id` (for `fingerprint`; else the latest indexed, then failed).
@@ -1183,8 +1240,9 @@ class Archive:
         return sorted(rows, key=lambda r: r["created_at"])
 
 
-def open_archive(uri: str | os.PathLike, storage_options: dict[str, str] | None = None) -> Archive:
-    """Open (creating if needed) the archive at `uri`.
+def open_archive(uri: str | os.PathLike, storage_options: dict[str, str] | None = None, *,
+                 create: bool = True) -> Archive:
+    """Open the archive at `uri`, creating it if needed unless `create` is False.
 
     Args:
         uri: a local folder (created if missing) or an object-store URI (`s3://bucket/prefix`,
@@ -1194,10 +1252,20 @@ def open_archive(uri: str | os.PathLike, storage_options: dict[str, str] | None 
             "aws_region": "us-east-1", "allow_http": "true"}`. Environment variables
             (`AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, ...) work too.
 
+        create: False for read-only use (`vxl archive ls/show/verify/stats`, `vxl ask`): a missing
+            archive is an error instead of a new empty archive at a mistyped path (issue 15).
+
     Raises:
-        ArchiveError: a table was written by another archive format version.
+        ArchiveNotFound: `create` is False and there is no archive at `uri`.
+        ArchiveError: `uri` is a file, or a table was written by another archive format version.
     """
     uri = os.fspath(uri)
+    local = "://" not in uri or uri.startswith("file://")
+    path = uri.removeprefix("file://")
+    if local and os.path.exists(path) and not os.path.isdir(path):
+        raise ArchiveError(f"{uri} is a file, not an archive folder: give the archive's folder (or a new path)")
+    if not create and local and not os.path.isdir(path):
+        raise ArchiveNotFound(uri)
     if "://" not in uri:
         os.makedirs(uri, exist_ok=True)
-    return Archive(uri, storage_options)
+    return Archive(uri, storage_options, create=create)

@@ -10,6 +10,31 @@ class ArchiveError(Exception):
     """Base class of every archive error."""
 
 
+class ArchiveNotFound(ArchiveError, FileNotFoundError):
+    """No archive at this URI (opened with `create=False`, as read-only commands do)."""
+
+    def __init__(self, uri: str, detail: str = "") -> None:
+        self.uri = uri
+        super().__init__(f"no archive at {uri}{f' ({detail})' if detail else ''}: check the path (or "
+                         "$VXL_ARCHIVE); `vxl index ... --archive URI` creates one")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class AmbiguousVideoId(ArchiveError, KeyError):
+    """A video id prefix matches more than one video."""
+
+    def __init__(self, prefix: str, matches: list[str]) -> None:
+        self.prefix = prefix
+        self.matches = list(matches)
+        shown = ", ".join(matches[:5]) + (f" and {len(matches) - 5} more" if len(matches) > 5 else "")
+        super().__init__(f"video id prefix {prefix!r} matches {len(matches)} videos ({shown}); give more digits")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class VideoNotFound(ArchiveError, KeyError):
     """No committed row for this video (and fingerprint) in `videos`, or the video failed."""
 

@@ -215,20 +215,20 @@ def forbid_vision(vx) -> None:
 
 def open_archive_or_fail(archive_uri: str):
     """`storage.open_archive`, with unreadable archives as AskError('infrastructure')."""
-    from storage import ArchiveError, open_archive
+    from storage import ArchiveError, ArchiveNotFound, open_archive
 
-    if "://" not in archive_uri and not os.path.isdir(archive_uri):
-        raise AskError("infrastructure", f"no archive at {archive_uri!r}; check --archive (or $VXL_ARCHIVE) "
-                       "or index videos into it first (`vxl index`)")
     try:
-        return open_archive(archive_uri)
+        return open_archive(archive_uri, create=False)  # answering never creates an archive
+    except ArchiveNotFound:
+        raise AskError("infrastructure", f"no archive at {archive_uri!r}; check --archive (or $VXL_ARCHIVE) "
+                       "or index videos into it first (`vxl index`)") from None
     except (ArchiveError, OSError, ValueError, RuntimeError) as exc:
         raise AskError("infrastructure", f"cannot open archive {archive_uri!r}: {exc}") from exc
 
 
 def resolve_video_id(archive, video: str) -> str:
-    """A video id from an id, a unique id prefix (>= 8 characters, as `vxl archive ls` may shorten
-    them) or the path of a local video file (its content digest; the file is only hashed, not decoded).
+    """A video id from an id, a unique id prefix (`Archive.resolve_video_id`: with or without
+    `xxh3-128:`, as `vxl archive ls` shortens them) or the path of a local video file (its content digest; the file is only hashed, not decoded).
 
     Raises:
         AskError('video_not_found'): no file at that path and no video with that id in the archive.
@@ -237,19 +237,17 @@ def resolve_video_id(archive, video: str) -> str:
 
     if not isinstance(video, str) or not video.strip():
         raise AskError("usage", "--video is empty: give a video id (`vxl archive ls`) or a video file")
+    from storage import AmbiguousVideoId, VideoNotFound
+
     p = Path(video)
     if p.is_file():
         return video_id(p)
-    rows = archive.list_videos(where=f"video_id = {_sql(video)}")
-    if rows:
-        return video
-    if len(video) >= 8:
-        rows = archive.list_videos(where=f"video_id LIKE {_sql(video.replace('%', '').replace('_', '') + '%')}")
-        ids = sorted({r.video_id for r in rows})
-        if len(ids) == 1:
-            return ids[0]
-        if len(ids) > 1:
-            raise AskError("usage", f"video id prefix {video!r} is ambiguous: {', '.join(ids[:5])}")
+    try:
+        return archive.resolve_video_id(video)  # an id, or a unique prefix with or without `xxh3-128:`
+    except AmbiguousVideoId as exc:
+        raise AskError("usage", str(exc), video_id=video) from None
+    except VideoNotFound:
+        pass
     looks_like_path = os.sep in video or Path(video).suffix.lower() in (".mp4", ".mkv", ".mov", ".avi", ".webm")
     what = f"no video file {video!r} and no" if looks_like_path else "no"
     raise AskError(
@@ -258,10 +256,6 @@ def resolve_video_id(archive, video: str) -> str:
         "or list the ids with `vxl archive ls`",
         video_id=video,
     )
-
-
-def _sql(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
 
 
 def clip_model_for(record, model_name: str) -> tuple[str, str | None, str | None]:

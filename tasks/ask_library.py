@@ -77,11 +77,21 @@ def _qdict(q: Question) -> dict:
     return d
 
 
-def _questions(questions: list | None, questions_file: str | None) -> list[Question]:
+def questions_from(questions: list | None, questions_file: str | None) -> list[Question]:
+    """The job's questions from a list or a file (exactly one of them).
+
+    Raises:
+        AskError('usage'): neither or both given; a malformed file or question.
+    """
     if (questions is None) == (questions_file is None):
         raise AskError("usage", "give exactly one of --question and --questions FILE")
     if questions_file is not None:
-        return load_questions_file(questions_file)
+        try:
+            return load_questions_file(questions_file)
+        except AskError as exc:
+            if str(questions_file) in str(exc):
+                raise
+            raise AskError(exc.kind, f"{questions_file}: {exc}", exc.video_id) from None
     return parse_questions(list(questions))
 
 
@@ -149,7 +159,7 @@ def run_ask_library(
                 q.validate()
         qs = [q for vqs in per_video.values() for q in vqs]
     else:
-        qs = _questions(questions, questions_file)
+        qs = questions_from(questions, questions_file)
     if max_new_tokens < 1:
         raise AskError("usage", f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     if top_windows is not None and top_windows < 0:
@@ -178,6 +188,7 @@ def run_ask_library(
         info = ensure_ray(ray_address)
     except RayUnavailable as exc:
         raise AskError("infrastructure", str(exc)) from exc
+    summary["ray"] = info.describe()
     n = workers or max(1, info.num_gpus or info.num_cpus)
     n = min(n, len(videos))
     opts = {"num_gpus": 1} if info.num_gpus > 0 else {"num_cpus": 1}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import time
 from collections import deque
@@ -103,8 +104,8 @@ class IndexOptions:
 
     def validate(self) -> None:
         """Raises UsageError naming the bad option and the fix."""
-        if not (self.fps > 0):
-            raise UsageError(f"--fps must be > 0, got {self.fps}")
+        if not (isinstance(self.fps, int | float) and math.isfinite(self.fps) and self.fps > 0):
+            raise UsageError(f"fps (--fps) must be a finite number > 0, got {self.fps!r}")
         if self.max_frames < 1:
             raise UsageError(f"--max-frames must be >= 1, got {self.max_frames}")
         if self.frames is not None and self.frames < 1:
@@ -119,8 +120,10 @@ class IndexOptions:
 
         if self.kv_codec not in KV_CODECS:
             raise UsageError(f"--kv-codec must be one of {list(KV_CODECS)}, got {self.kv_codec!r}")
-        if not (self.decode_timeout_s > 0):
-            raise UsageError(f"--decode-timeout must be > 0 seconds, got {self.decode_timeout_s}")
+        if not (isinstance(self.decode_timeout_s, int | float) and math.isfinite(self.decode_timeout_s)
+                and self.decode_timeout_s > 0):
+            raise UsageError(f"decode_timeout_s (--decode-timeout) must be a finite number of seconds > 0, "
+                             f"got {self.decode_timeout_s!r}")
         from model.video_xl import BUILTIN_MODELS, is_model_name
 
         if not is_model_name(self.model):
@@ -180,6 +183,8 @@ class IndexReport:
     fingerprint: str | None = None
     workers: int = 0
     dashboard_url: str | None = None
+    ray: str | None = None
+    """Which Ray ran the work (`RayInfo.describe()`: a private local instance or a cluster's address)."""
     stage_seconds: dict = field(default_factory=lambda: {"decode": 0.0, "plan": 0.0, "encode": 0.0, "write": 0.0})
     worker_restarts: int = 0
     numerics: list[dict] = field(default_factory=list)
@@ -202,7 +207,7 @@ class IndexReport:
         return {"indexed": self.indexed, "skipped": self.skipped, "failed": self.failed, "frames": self.frames,
                 "kv_bytes": self.kv_bytes, "kv_raw_bytes": self.kv_raw_bytes,
                 "seconds": round(self.seconds, 3), "numerics": self.numerics,
-                "ignored": self.ignored}
+                "ignored": self.ignored, "ray": self.ray}
 
     def summary(self) -> dict:
         """Counts and totals (the Prefect artifact, the CLI's last line)."""
@@ -262,6 +267,7 @@ class Progress:
     video: str | None = None
     worker_pid: int | None = None
     dashboard_url: str | None = None
+    ray: str | None = None
 
     @property
     def done(self) -> int:
@@ -499,7 +505,7 @@ def run_index(
     arch = open_archive_checked(archive)
     info = ensure_ray(options.ray_address)
     report = IndexReport(total=len(srcs), model=options.model, dashboard_url=info.dashboard_url,
-                         ignored=ignored_summary(ignored))
+                         ray=info.describe(), ignored=ignored_summary(ignored))
     emit = progress or _PROGRESS_SINK or (lambda p: None)
     pool = None
     try:
@@ -521,7 +527,7 @@ def _snapshot(report: IndexReport, in_flight: int, t0: float, event: str, video:
     return Progress(total=report.total, indexed=len(report.indexed), skipped=len(report.skipped),
                     failed=len(report.failed), frames=report.frames, in_flight=in_flight,
                     elapsed_s=time.perf_counter() - t0, event=event, video=video, worker_pid=pid,
-                    dashboard_url=report.dashboard_url)
+                    dashboard_url=report.dashboard_url, ray=report.ray)
 
 
 class _Run:

@@ -34,6 +34,14 @@ class RayInfo:
     num_gpus: int
     num_cpus: int
 
+    def describe(self) -> str:
+        """One line for the first line of a command's output: which Ray the work runs on."""
+        where = ("a private local Ray started for this run" if self.started_here and self.address == "local"
+                 else f"the Ray cluster at {self.address}")
+        res = f"{self.num_cpus} CPUs" + (f", {self.num_gpus} GPUs" if self.num_gpus else "")
+        dash = f"; dashboard {self.dashboard_url}" if self.dashboard_url else ""
+        return f"Ray: {where} ({res}){dash}"
+
 
 def worker_env() -> dict[str, str]:
     """Environment variables for Ray workers (runtime_env `env_vars`)."""
@@ -47,7 +55,10 @@ def worker_env() -> dict[str, str]:
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None, include_dashboard: bool = True) -> RayInfo:
-    """Connect to Ray at `address` (or `RAY_ADDRESS`), else start a local Ray with its dashboard.
+    """Connect to Ray at `address` (or `RAY_ADDRESS`), else start a private local Ray with its dashboard.
+
+    Without an address the local instance is always a new one (`ray.init(address="local")`), even
+    when another cluster runs on this machine; `address="auto"` joins that cluster explicitly.
 
     Args:
         address: "ray://host:10001", "host:6379", "auto", or None for `RAY_ADDRESS` / local.
@@ -74,13 +85,27 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, include_
             ctx = ray.init(address=address, **kwargs)
             started = False
         else:
-            ctx = ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard, **kwargs)
+            # "local": always a new private instance, never a cluster someone started on this machine
+            # with `ray start` (ray.init() with no address would join it; issue 15). Its dashboard
+            # listens on 127.0.0.1 only.
+            ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=include_dashboard,
+                           dashboard_host="127.0.0.1", **kwargs)
             started = True
+    except ray.exceptions.AuthenticationError as exc:
+        raise RayUnavailable(
+            f"the Ray cluster at {address} refused this process's authentication token: {exc.message}. "
+            "Give the cluster's token in RAY_AUTH_TOKEN (or a file in RAY_AUTH_TOKEN_PATH) with RAY_AUTH_MODE=token "
+            "(docs/OPERATIONS.md, \"Ray authentication\")."
+        ) from exc
     except Exception as exc:  # ray raises ConnectionError, RuntimeError, ValueError by transport
         where = address or "a local Ray"
+        auth = ""
+        if address and os.environ.get("RAY_AUTH_MODE", "").lower() != "disabled":
+            auth = (" If the cluster uses token authentication (RAY_AUTH_MODE=token), check RAY_AUTH_TOKEN / "
+                    "RAY_AUTH_TOKEN_PATH: Ray reports a wrong or missing token only as a failure to connect.")
         raise RayUnavailable(
             f"could not {'reach' if address else 'start'} {where}: {exc}. Check --ray-address / RAY_ADDRESS "
-            "(`ray status` on the head node) or run without it to use a local Ray."
+            f"(`ray status` on the head node) or run without it to use a private local Ray.{auth}"
         ) from exc
     url = getattr(ctx, "dashboard_url", None) or None
     if url and not url.startswith("http"):

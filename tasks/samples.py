@@ -34,6 +34,7 @@ bytes. Only numpy and PyAV are used; PyAV is imported inside the writers.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -115,6 +116,8 @@ class _Shape:
 
 
 def _as_fraction(fps: float) -> Fraction:
+    if not math.isfinite(fps):
+        raise ValueError(f"fps must be a finite number > 0, got {fps}")
     fr = Fraction(fps).limit_denominator(1001)
     if fr <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
@@ -150,8 +153,8 @@ def plan_sample_video(
         ValueError: non-positive seconds/fps, odd or too small width/height.
     """
     fr = _as_fraction(fps)
-    if not seconds > 0:
-        raise ValueError(f"seconds must be > 0, got {seconds}")
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"seconds must be a finite number > 0, got {seconds}")
     if width < 64 or height < 64 or width % 2 or height % 2:
         raise ValueError(f"width and height must be even and >= 64 (H.264 yuv420p), got {width}x{height}")
     num_frames = max(1, round(seconds * fr))

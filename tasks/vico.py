@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,8 +123,16 @@ class VicoOptions:
             raise VicoUsageError("--captioner annotations needs --annotations FILE (CinePile rows)")
         if self.workers is not None and self.workers < 0:
             raise VicoUsageError(f"--workers must be >= 0, got {self.workers}")
-        if not self.fps > 0 or self.max_frames < 1 or not self.decode_timeout_s > 0:
-            raise VicoUsageError("fps, max_frames and decode_timeout_s must be positive")
+        for name in ("fps", "decode_timeout_s", "clip_seconds"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+                raise VicoUsageError(f"{name} must be a finite number > 0, got {v!r}")
+        for name in ("min_gap_s", "val_fraction"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
+                raise VicoUsageError(f"{name} must be a finite number >= 0, got {v!r}")
+        if self.max_frames < 1:
+            raise VicoUsageError(f"max_frames must be >= 1, got {self.max_frames!r}")
         try:
             self.settings()
             make_captioner(self.captioner, self.captioner_options)

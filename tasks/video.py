@@ -122,12 +122,42 @@ ERROR_KINDS: dict[str, type[DecodeError]] = {
 # Discovery
 
 
+def source_uri(path: str | os.PathLike) -> str:
+    """How a local file is named in the archive (`videos.source_uri`) and in reports: its path as a
+    string when the name is valid UTF-8, else a `file://` URI whose non-UTF-8 bytes are
+    percent-encoded (RFC 8089/3986), so that any name the OS gives is stored losslessly and shown
+    escaped. `local_path` inverts it.
+
+    Linux file names are bytes; Python hands undecodable bytes over as lone surrogates
+    (PEP 383), which Arrow/Lance strings cannot hold (the whole run's rows were once lost to one
+    such name; issue 15).
+    """
+    s = os.fspath(path)
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        from urllib.parse import quote
+
+        return "file://" + quote(os.fsencode(os.path.abspath(s)), safe="/")
+
+
+def local_path(uri: str) -> str:
+    """The OS path of a `source_uri` value (a `file://` URI is percent-decoded back to the exact bytes)."""
+    if uri.startswith("file://"):
+        from urllib.parse import unquote_to_bytes
+
+        return os.fsdecode(unquote_to_bytes(uri.removeprefix("file://")))
+    return uri
+
+
 @dataclass(frozen=True)
 class Source:
     """One video to index.
 
     Attributes:
-        uri: as the user gave it: the manifest's `uri` value, else the absolute path as a string.
+        uri: as the user gave it: the manifest's `uri` value, else the absolute path as a string
+            (`source_uri`: a percent-encoded `file://` URI when the name is not valid UTF-8).
         path: absolute local path (may not exist for manifest rows; decoding then fails with
             `missing_file`).
     """
@@ -216,7 +246,7 @@ def discover(sources: list[str], extensions: tuple[str, ...] = VIDEO_EXTENSIONS,
         path = Path(os.path.abspath(path))
         if path not in seen:
             seen.add(path)
-            out.append(Source(uri=uri if uri is not None else str(path), path=path))
+            out.append(Source(uri=uri if uri is not None else source_uri(path), path=path))
 
     for src in sources:
         p = Path(src).expanduser()

@@ -283,3 +283,32 @@ def test_kv_codec_option_reaches_the_archive(ray_session, corpus, tmp_path):
         make_options("tiny", kv_codec="int3").validate()
     r = CliRunner().invoke(app, ["index", video, "--archive", uri, "--kv-codec", "int3"])
     assert r.exit_code == 2 and "--kv-codec" in r.output
+
+
+def test_non_utf8_file_names_are_stored_losslessly(ray_session, corpus, tmp_path):
+    """Linux file names are bytes: a name that is not UTF-8 (here b'\\xff') is indexed, stored as a
+    percent-encoded file:// URI that maps back to the exact bytes, and its broken neighbour fails
+    alone; the good rows of the run are all written (issue 15: one such name once lost the run)."""
+    from storage import open_archive
+    from tasks.video import discover, local_path
+
+    root = os.fsencode(tmp_path / "lib")
+    os.makedirs(root)
+    good = root + b"/clip-\xff\xfe.mp4"
+    bad = root + b"/broken-\xe9.mp4"
+    shutil.copy(corpus / "good" / "sample_01.mp4", good)
+    shutil.copy(corpus / "bad" / "not_a_video.mp4", bad)
+    shutil.copy(corpus / "good" / "sample_02.mp4", root + b"/plain.mp4")
+    srcs = discover([os.fsdecode(root)])
+    uri = str(tmp_path / "archive")
+    rep = run_index(srcs, uri, make_options("tiny", **OPTS), reuse_workers=True)
+
+    assert len(rep.indexed) == 2 and [f["error_kind"] for f in rep.failed] == ["not_a_video"]
+    rows = {r.source_uri: r for r in open_archive(uri).list_videos()}
+    assert len(rows) == 3  # both good videos and the failed one are in the archive
+    encoded = [u for u in rows if u.startswith("file://")]
+    assert sorted(os.fsencode(local_path(u)) for u in encoded) == sorted([bad, good])
+    assert all("%FF%FE" in u or "%E9" in u for u in encoded)  # shown escaped
+    assert os.fsencode(tmp_path / "lib" / "plain.mp4").decode() in rows  # UTF-8 names stay plain paths
+    failed = next(r for r in rows.values() if r.status == "failed")
+    failed.error.encode("utf-8")  # the error text quoting the name is storable and readable

@@ -1,0 +1,70 @@
+"""`tasks.ray_runtime.ensure_ray`: which Ray a run uses (issue 15)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_AUTH_MODE="disabled", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    return env
+
+
+@pytest.mark.slow
+def test_local_by_default_never_joins_a_cluster_started_on_the_machine():
+    """With a cluster started by `ray start --head` on this machine, a run without --ray-address /
+    RAY_ADDRESS still gets a private local instance (plain `ray.init()` joined the other cluster),
+    and says so; `address='auto'` joins the machine's cluster on request."""
+    port = _free_port()
+    head = subprocess.Popen([RAY, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+                             "--block", "--disable-usage-stats"], env=_env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        code = """
+import json, ray
+from tasks.ray_runtime import ensure_ray
+info = ensure_ray(num_cpus=1, include_dashboard=False)
+print("RESULT", json.dumps({"started": info.started_here, "gcs": ray.get_runtime_context().gcs_address,
+                            "describe": info.describe()}))
+ray.shutdown()
+"""
+        current = Path("/tmp/ray/ray_current_cluster")  # where ray.init() finds the machine's cluster
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:  # wait for the other cluster to be up and advertised
+            if current.is_file() and current.read_text().strip().endswith(f":{port}"):
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the machine's cluster (ray start --head) did not come up")
+        out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True, text=True,
+                             timeout=180)
+        assert out.returncode == 0, out.stderr[-3000:]
+        res = json.loads(out.stdout.split("RESULT", 1)[1])
+        assert res["started"] is True
+        assert not res["gcs"].endswith(f":{port}"), f"joined the machine's cluster at port {port}: {res}"
+        assert res["describe"].startswith("Ray: a private local Ray started for this run"), res
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
