@@ -14,6 +14,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from prefect import flow, task  # noqa: E402
 
+from flows.deploy import reject_templates  # noqa: E402
 from flows.outcome import final_state  # noqa: E402
 from tasks.ask_library import run_ask_library, summary_markdown  # noqa: E402
 
@@ -46,6 +47,8 @@ def ask_library(
     failures" when some answers failed, or `Failed` when every question failed (`flows.outcome`)."""
     from prefect.artifacts import create_markdown_artifact
 
+    reject_templates("ask_library", archive_uri=archive_uri, questions_file=questions_file, model=model,
+                     ray_address=ray_address)
     summary = _run(archive_uri=archive_uri, questions=questions, questions_file=questions_file, where=where,
                    model=model, max_new_tokens=max_new_tokens, top_windows=top_windows, workers=workers,
                    ray_address=ray_address, force=force, accept_numerics_change=accept_numerics_change)

@@ -36,6 +36,7 @@ _COMMAND_MODULES = (
     "flows.cli_demo",
     "flows.cli_train",
     "flows.cli_eval",
+    "flows.cli_deploy",
 )
 
 for _name in _COMMAND_MODULES:

@@ -14,6 +14,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from prefect import flow, task  # noqa: E402
 
+from flows.deploy import reject_templates  # noqa: E402
 from flows.outcome import final_state  # noqa: E402
 
 
@@ -63,6 +64,8 @@ def evaluate(
     archive; returns `tasks.evaluate.run_eval`'s dict and publishes the artifact `evaluate-summary`."""
     from prefect.artifacts import create_markdown_artifact
 
+    reject_templates("evaluate", archive=archive, questions_file=questions_file, videos_dir=videos_dir, model=model,
+                     ray_address=ray_address)
     res = _run(archive_uri=archive, questions_file=questions_file, videos_dir=videos_dir, model=model,
                top_windows=top_windows, index=index, workers=workers, ray_address=ray_address, force=force,
                layout=layout, run_name=run_name)

@@ -16,6 +16,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from prefect import flow  # noqa: E402
 
+from flows.deploy import reject_templates  # noqa: E402
 from flows.outcome import final_state  # noqa: E402
 from tasks.index import make_options, options_to_dict, prefect_tasks  # noqa: E402
 
@@ -73,6 +74,8 @@ def index_corpus(
         when every video of the run failed, `flows.outcome.final_state`)
         `IndexReport` as a dict (`indexed`, `skipped`, `failed`, `frames`, `kv_bytes`, `seconds`, ...).
     """
+    reject_templates("index-corpus", sources=sources, archive=archive, model=model, clip_weights=clip_weights,
+                     clip_model=clip_model, ray_address=ray_address)
     discover_videos, check_archive, index_videos, publish_summary = prefect_tasks()
     opts = make_options(model, chunking=chunking, ratio=ratio, target_ratio=target_ratio, clip_model=clip_model,
                         clip_weights=clip_weights, fps=fps, max_frames=max_frames, frames=frames, workers=workers,

@@ -15,6 +15,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from prefect import flow  # noqa: E402
 
+from flows.deploy import reject_templates  # noqa: E402
 from flows.outcome import final_state  # noqa: E402
 from tasks.vico import FAILURE_KINDS, VicoOptions, prefect_tasks  # noqa: E402
 
@@ -72,6 +73,8 @@ def synth_vico(
         The summary (samples written per split, skipped videos and why, clue-count and
         answer-position distributions, `exit_code`).
     """
+    reject_templates("synth-vico", source=source, out=out, annotations=annotations, archive=archive,
+                     ray_address=ray_address)
     plan_vico_jobs, synth_vico_videos, write_vico_samples, publish_summary = prefect_tasks()
     opts = VicoOptions(
         source=source, out=out, annotations=annotations, captioner=captioner, extractor=extractor,

@@ -19,6 +19,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from prefect import flow  # noqa: E402
 
+from flows.deploy import reject_templates  # noqa: E402
 from tasks.train import TOY_INIT, TrainConfig  # noqa: E402
 from tasks.train_ray import check_resources, finished_result, prefect_tasks  # noqa: E402
 
@@ -71,6 +72,8 @@ def train_videoxl(
     Raises:
         TrainError: `usage`/`data` (before Ray starts), `train` (a worker or Ray Train failed).
     """
+    reject_templates("train-videoxl", out=out, data=data, model=model, video_root=video_root, cache_dir=cache_dir,
+                     ray_address=ray_address)
     kw = {k: v for k, v in dict(data=data, trainable=trainable, question_types=question_types).items() if v is not None}
     cfg = TrainConfig(out=str(Path(out).resolve()), model=model, video_root=video_root, steps=steps, batch_size=batch_size, lr=lr,
                       vision_lr=vision_lr, weight_decay=weight_decay, warmup_steps=warmup_steps,

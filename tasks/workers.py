@@ -63,7 +63,7 @@ class PlanSpec:
             if not min(self.ratios) <= self.target_ratio <= max(self.ratios):
                 raise ValueError(f"--target-ratio {self.target_ratio} is outside the allowed ratios {list(self.ratios)}")
             if self.clip_weights is not None and not os.path.isfile(self.clip_weights):
-                raise ValueError(f"--clip-weights {self.clip_weights!r} is not a file")
+                raise ValueError(f"clip_weights (--clip-weights) {self.clip_weights!r} is not a file")
 
 
 @dataclass

@@ -201,39 +201,6 @@ def test_driver_sigkill_then_rerun_indexes_only_the_rest(ray_session, tmp_path):
     assert arch.verify().ok
 
 
-@pytest.mark.slow
-def test_prefect_flow_runs_and_publishes_artifact(ray_session, corpus, tmp_path, monkeypatch):
-    """The real flow in Prefect's ephemeral mode (fresh PREFECT_HOME), then the summary artifact."""
-    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
-    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness():
-        from flows.index_corpus import index_corpus
-
-        srcs = [str(corpus / "good" / "sample_02.mp4"), str(corpus / "bad" / "not_a_video.mp4")]
-        state = index_corpus(sources=srcs, archive=str(tmp_path / "archive"), max_frames=6, workers=1,
-                             return_state=True)
-        out = state.result()
-        assert len(out["indexed"]) == 1 and [f["error_kind"] for f in out["failed"]] == ["not_a_video"]
-        # a run with a failed video is not a green Completed (issue 15): named state, message with counts
-        assert state.is_completed() and state.name == "Completed with failures", (state.name, state.message)
-        assert "1 of 2 videos failed" in state.message
-        # every video of the run failed: Failed, with the report still in the state
-        bad_only = index_corpus(sources=[str(corpus / "bad" / "not_a_video.mp4")], archive=str(tmp_path / "a2"),
-                                max_frames=6, workers=1, return_state=True)
-        assert bad_only.is_failed() and bad_only.result(raise_on_failure=False)["failed"]
-
-        from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-        with get_client(sync_client=True) as client:
-            arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["index-corpus-summary"])))
-        assert arts, "no index-corpus-summary artifact"
-        md = arts[-1].data
-        assert "| indexed | skipped | failed |" in md and "not_a_video" in md
-
-
 def test_changed_settings_reindex_same_settings_skip(ray_session, corpus, tmp_path):
     """A memory belongs to the model *and* its sampling/plan settings: a rerun with the same settings
     skips, one with another ratio or frame count re-indexes (replacing, not duplicating)."""
