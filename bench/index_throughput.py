@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     t_enc1 = _median_time(lambda: [enc.vx.encode(d.frames, enc.plan(d.frames)[0]) for d in decoded], args.repeats)
     rows.append(("plan+encode in-process, 1 thread", nframes / t_enc1))
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="warning")
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="warning")
     results = {}
     for n in (1, 2):
         o = make_options("tiny", workers=n, **kw)

@@ -78,6 +78,35 @@ def _size(n: int | None) -> str:
     return str(n)
 
 
+def plan_summary(plan_json: str | None) -> dict | None:
+    """A few lines' worth of a stored chunk plan: planner, windows, ratio counts, settings.
+
+    `archive show` prints this instead of the plan itself (89 KB of JSON for a 30-minute video with
+    its similarity curve); `--full` prints the plan.
+    """
+    if not plan_json:
+        return None
+    try:
+        plan = json.loads(plan_json)
+    except (TypeError, json.JSONDecodeError):
+        return {"unreadable": True}
+    wins = plan.get("windows") or []
+    ratios: dict[int, int] = {}
+    for w in wins:
+        ratios[int(w[2])] = ratios.get(int(w[2]), 0) + 1
+    params = plan.get("params") or {}
+    settings = params.get("index_settings") or {}
+    out = {"planner": plan.get("planner"), "windows": len(wins),
+           "ratios": ", ".join(f"{r}x: {n}" for r, n in sorted(ratios.items())),
+           "frames": (wins[-1][1] - wins[0][0]) if wins else 0}
+    for k in ("fps", "max_frames", "frames", "target_ratio", "clip_model"):
+        if settings.get(k) is not None:
+            out[k] = settings[k]
+    if params.get("frame_cap"):
+        out["frame_cap"] = params["frame_cap"]
+    return out
+
+
 def _resolve_id(arch, vid: str, as_json: bool = False) -> str:
     """A full video id from an id or a unique prefix (with or without `xxh3-128:`), else exit 2."""
     from storage import AmbiguousVideoId, VideoNotFound
@@ -129,6 +158,8 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JsonOpt,
         plot: str = typer.Option(None, "--plot", help="Write a PNG of the chunk plan (similarity, depth, "
                                  "boundaries, windows and ratios) to this path."),
+        full: bool = typer.Option(False, "--full", help="Print the whole plan (every window, the similarity "
+                                  "curve) and every sampled frame instead of a summary."),
     ) -> None:
         """Show one video: its record(s) and, per fingerprint, its windows (no K/V is read)."""
         import dataclasses
@@ -148,6 +179,8 @@ def register(app: typer.Typer) -> None:
         for rec in arch.list_videos(f"video_id = '{vid}'"):
             d = dataclasses.asdict(rec)
             d["library_versions"] = json.loads(rec.library_versions) if rec.library_versions else None
+            if not full:
+                d["plan"] = plan_summary(rec.plan)
             d["numerics_probes"] = [{k: p[k] for k in ("status", "dtype", "environment", "accepted_change",
                                                        "created_at")} for p in arch.list_probes(rec.model_fingerprint)]
             if rec.status == "indexed":
@@ -162,8 +195,10 @@ def register(app: typer.Typer) -> None:
             for k, v in d.items():
                 if k == "windows":
                     continue
-                if k in ("sampled_frames", "sampled_times") and v is not None and len(v) > 8:
+                if k in ("sampled_frames", "sampled_times") and v is not None and len(v) > 8 and not full:
                     v = f"{v[:8]}... ({len(v)})"
+                if k == "plan" and isinstance(v, dict):
+                    v = ", ".join(f"{a} {b}" for a, b in v.items())
                 if k == "library_versions" and v:
                     v = ", ".join(f"{name} {ver}" for name, ver in v.items())
                 if k == "numerics_probes":
@@ -171,7 +206,11 @@ def register(app: typer.Typer) -> None:
                                   f"(transformers {p['environment'].get('transformers')})"
                                   + (" [accepted change]" if p["accepted_change"] else "") for p in v) or "none"
                 typer.echo(f"{k:>18}: {v}")
-            for w in d.get("windows", []):
+            wins = d.get("windows", [])
+            if len(wins) > 12 and not full:
+                typer.echo(f"           windows: {len(wins)} (first and last 3 below; --full for all)")
+                wins = wins[:3] + wins[-3:]
+            for w in wins:
                 typer.echo(
                     f"    window {w['index']:>3}: frames {w['frame_start']}-{w['frame_end']}  "
                     f"{w['start_s']}-{w['end_s']} s  ratio {w['ratio']}  vst {w['num_vst']}  carry {w['carry_in']}"

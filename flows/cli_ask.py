@@ -66,12 +66,17 @@ def register(app: typer.Typer) -> None:
                                           help='JSON {"question": ..., "choices": [...]} instead of QUESTION.'),
         top_windows: int = typer.Option(None, "--top-windows",
                                         help="Load only the K windows closest to the question (CLIP) + first + last."),
+        clip_weights: str = typer.Option(None, "--clip-weights", envvar="VXL_CLIP_WEIGHTS",
+                                         help="CLIP state dict for --top-windows (the one the videos were indexed "
+                                         "with; a path named by the archive is never loaded)."),
         accept_numerics_change: bool = typer.Option(
             False, "--accept-numerics-change", help="Answer even though this environment's numerics probe differs "
             "from the archive's (the change is recorded in the archive)."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Answer QUESTION about one video from its stored memory (no decoding, no vision tower)."""
+        if clip_weights:
+            os.environ["VXL_CLIP_WEIGHTS"] = clip_weights  # tasks.ask.configured_clip_weights
         from tasks.ask import ask_video, load_questions_file
 
         try:
@@ -110,6 +115,8 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option("tiny", "--model", help="'tiny', 'toy' (trained, shipped) or a Video-XL checkpoint folder."),
         max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
         top_windows: int = typer.Option(None, "--top-windows", help="Question-aware loading (see `vxl ask`)."),
+        clip_weights: str = typer.Option(None, "--clip-weights", envvar="VXL_CLIP_WEIGHTS",
+                                         help="CLIP state dict for --top-windows (see `vxl ask`)."),
         workers: int = typer.Option(None, "--workers", help="Ray answer workers (default: GPUs, else CPUs)."),
         ray_address: str = typer.Option(None, "--ray-address", help="Ray cluster (default $RAY_ADDRESS, else local)."),
         force: bool = typer.Option(False, "--force", help="Answer again even if already stored."),
@@ -120,6 +127,8 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         """Ask questions of every indexed video (or those matching --where); results go to `answers`."""
+        if clip_weights:
+            os.environ["VXL_CLIP_WEIGHTS"] = clip_weights  # read by the answer workers (tasks.ask)
         try:
             if question and questions:
                 raise AskError("usage", "give --question or --questions, not both")

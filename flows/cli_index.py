@@ -81,7 +81,7 @@ def index(
                                                             "Default: $VXL_ARCHIVE."),
     model: str = typer.Option("tiny", "--model", help="'tiny', 'toy' (trained, shipped) or a local Video-XL checkpoint folder."),
     fps: float = typer.Option(1.0, "--fps", help="Sampled frames per second of video."),
-    max_frames: int = typer.Option(128, "--max-frames", help="At most this many frames per video (uniform when capped)."),
+    max_frames: int = typer.Option(128, "--max-frames", help="At most this many frames per video: longer videos are sampled uniformly (reported per video; 128 at 1 fps covers 2 min 8 s)."),
     frames: int = typer.Option(None, "--frames", help="Exactly N frames, uniform over the whole video (overrides --fps)."),
     chunking: str = typer.Option("dynamic", "--chunking", help="'dynamic' (CLIP-driven windows and ratios) or "
                                                               "'fixed' (Video-XL's demo: one --ratio)."),
@@ -173,6 +173,13 @@ def index(
     else:
         for f in report.failed:
             typer.echo(f"failed [{f['error_kind']}] {f['source_uri']}: {f['error']}", err=True)
+        capped = [v for v in report.indexed if v.get("frame_cap")]
+        if capped:
+            worst = max(capped, key=lambda v: v["frame_cap"]["seconds_per_frame"])
+            c = worst["frame_cap"]
+            typer.echo(f"note: {len(capped)} video(s) longer than --max-frames {max_frames} at --fps {fps:g} were "
+                       f"sampled uniformly (e.g. {worst['source_uri']}: {c['kept']} of {c['wanted']} frames, one every "
+                       f"{c['seconds_per_frame']:g} s); raise --max-frames to keep {fps:g} fps", err=True)
         for reason, r in report.ignored.items():
             typer.echo(f"ignored {r['count']} file(s) under the sources: {reason} (e.g. {r['examples'][0]})", err=True)
         s = report.summary()

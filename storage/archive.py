@@ -46,6 +46,7 @@ from storage.schema import (
     ANSWERS_SCHEMA,
     EVAL_RUNS_SCHEMA,
     FORMAT_VERSION,
+    LEASES_SCHEMA,
     PROBES_SCHEMA,
     READABLE_VERSIONS,
     SCHEMAS,
@@ -186,6 +187,11 @@ class VerifyReport:
         return not self.problems
 
 
+def _ts(t: datetime) -> str:
+    """A SQL timestamp literal (UTC, microseconds) for Lance filters and merge conditions."""
+    return f"timestamp '{t.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S.%f')}'"
+
+
 def _q(s: str) -> str:
     """SQL string literal."""
     return "'" + str(s).replace("'", "''") + "'"
@@ -263,6 +269,8 @@ def _pread_blobs(locations: list[tuple[str, int, int]]) -> list[np.ndarray]:
             fd = fds.get(path)
             if fd is None:
                 fd = fds[path] = os.open(path, os.O_RDONLY)
+            if start < 0 or end > os.fstat(fd).st_size:  # a bad location never sizes an allocation
+                raise OSError(f"{path}: blob range {start}..{end} lies outside the file ({os.fstat(fd).st_size} bytes)")
             buf = np.empty(end - start, dtype=np.uint8)  # (bytes,)
             view, done = memoryview(buf), 0
             while done < end - start:
@@ -425,6 +433,54 @@ class Archive:
         rows = self._video_rows(where)
         rows.sort(key=lambda r: (r["video_id"], r["model_fingerprint"]))
         return [VideoRecord.from_row(r) for r in rows]
+
+    # -- leases: one encode per video across concurrent runs -----------------------------------
+    def acquire_lease(self, video_id: str, fingerprint: str, owner: str, ttl_s: float) -> str | None:
+        """Take the lease of (video, fingerprint) for `owner` for `ttl_s` seconds, unless another
+        owner holds an unexpired one.
+
+        One conditional `merge_insert` (insert, or take over an expired lease or one already ours),
+        then a read-back: of concurrent callers exactly one finds its own name in the row (Lance
+        re-runs a conflicting merge against the winner's commit, whose lease is then unexpired).
+
+        Returns:
+            None when `owner` now holds the lease; else the holder's owner string.
+        """
+        from datetime import timedelta as _td
+
+        now = datetime.now(UTC)
+        key = f"{video_id}/{fingerprint}"
+        row = {"key": key, "video_id": video_id, "model_fingerprint": fingerprint, "owner": owner,
+               "acquired_at": now, "expires_at": now + _td(seconds=float(ttl_s))}
+        tbl = self._table("leases")
+        cond = (f"target.expires_at < {_ts(now)} OR target.owner = {_q(owner)}")
+        _retry(lambda: tbl.merge_insert("key").when_matched_update_all(where=cond).when_not_matched_insert_all()
+               .execute(_table_from_rows([row], LEASES_SCHEMA)), f"lease {video_id}")
+        got = self._ds("leases").to_table(columns=["owner"], filter=f"key = {_q(key)}").to_pylist()
+        holder = got[0]["owner"] if got else None
+        return None if holder == owner else (holder or "unknown")
+
+    def renew_leases(self, keys: Sequence[tuple[str, str]], owner: str, ttl_s: float) -> None:
+        """Push the expiry of `owner`'s leases on (video, fingerprint) `keys` to now + `ttl_s`."""
+        if not keys:
+            return
+        from datetime import timedelta as _td
+
+        exp = datetime.now(UTC) + _td(seconds=float(ttl_s))
+        where = f"owner = {_q(owner)} AND key IN ({', '.join(_q(f'{v}/{f}') for v, f in keys)})"
+        _retry(lambda: self._table("leases").update(where=where, values={"expires_at": exp}), "renew leases")
+
+    def release_leases(self, keys: Sequence[tuple[str, str]], owner: str) -> None:
+        """Drop `owner`'s leases on `keys` (a lease of another owner is left alone)."""
+        if not keys:
+            return
+        where = f"owner = {_q(owner)} AND key IN ({', '.join(_q(f'{v}/{f}') for v, f in keys)})"
+        _retry(lambda: self._table("leases").delete(where), "release leases")
+
+    def list_leases(self) -> list[dict]:
+        """Every lease row (expired ones included), oldest first."""
+        rows = self._ds("leases").to_table().to_pylist()
+        return sorted(rows, key=lambda r: r["acquired_at"])
 
     def resolve_video_id(self, text: str) -> str:
         """The full video id for `text`: an id, or a unique prefix of one, with or without the
@@ -859,6 +915,10 @@ class Archive:
         sel = sink + chosen
         for r in sel:  # sizes and shapes checked before any buffer is allocated from them
             codec.check_row(r)
+        stored = sum(int(r["nbytes"]) for r in sink + wins)
+        if rec.kv_bytes is not None and stored != int(rec.kv_bytes):  # rows and their video row must agree
+            raise CorruptBlob(video_id, SINK_WINDOW, f"K/V rows sum to {stored} bytes, the videos row says "
+                              f"{rec.kv_bytes}", fingerprint)
         blobs = self._read_blobs(ds, sel)
         meta = json.loads(rec.memory_meta) if rec.memory_meta else {}
         meta["kv_codec"] = rec.codec_name

@@ -57,6 +57,11 @@ LAYOUT = {
         "is compared against) or 'superseded'; memory/logits = float32 little-endian bytes of the probe "
         "memory [layers, 2, kv_heads, tokens, head_dim] and next-token logits [vocab] (model.probe)"
     ),
+    "leases": (
+        "one row per (video_id, model_fingerprint) being encoded, key = video_id + '/' + model_fingerprint; "
+        "owner = the run holding it; a lease whose expires_at has passed is free (a killed run's lease "
+        "expires); rows are deleted when the video is written or fails"
+    ),
 }
 
 
@@ -210,6 +215,18 @@ EVAL_RUNS_SCHEMA = pa.schema(
     metadata=_meta("eval_runs"),
 )
 
+LEASES_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False, metadata=PK_META),  # video_id/model_fingerprint
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("model_fingerprint", pa.string(), nullable=False),
+        pa.field("owner", pa.string(), nullable=False),  # the run holding it: host, pid, run id
+        pa.field("acquired_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("expires_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ],
+    metadata=_meta("leases"),
+)
+
 #: Columns added by a format version, with the version that added them: an older table gets them
 #: (all null) when the archive is opened.
 ADDED_COLUMNS: dict[str, list[tuple[str, pa.Field]]] = {
@@ -227,4 +244,5 @@ SCHEMAS: dict[str, pa.Schema] = {
     "vico_samples": VICO_SAMPLES_SCHEMA,
     "eval_runs": EVAL_RUNS_SCHEMA,
     "probes": PROBES_SCHEMA,
+    "leases": LEASES_SCHEMA,
 }

@@ -321,6 +321,16 @@ def select_windows(question_emb: np.ndarray, window_embs: np.ndarray, k: int) ->
     return sorted({0, n - 1} | {int(i) + 1 for i in order[:k]})
 
 
+CLIP_WEIGHTS_ENV = "VXL_CLIP_WEIGHTS"
+"""The CLIP state dict that `--top-windows` may load (`vxl ask --clip-weights` sets it; Ray workers inherit it)."""
+
+
+def configured_clip_weights() -> str | None:
+    """The configured CLIP weights file (`$VXL_CLIP_WEIGHTS`; unset, empty or `none`: random weights)."""
+    v = os.environ.get(CLIP_WEIGHTS_ENV, "").strip()
+    return None if v.lower() in ("", "none") else v
+
+
 def question_windows(archive, vx, video_id: str, question: str, k: int, record=None) -> list[int]:
     """Window indices for `question` on `video_id` under `--top-windows k` (reads no K/V blob).
 
@@ -340,7 +350,14 @@ def question_windows(archive, vx, video_id: str, question: str, k: int, record=N
             "rank its windows; re-index it with a vxl that stores them, or ask without --top-windows",
             video_id=video_id,
         )
-    clip_name, clip_weights, clip_fp = clip_model_for(record, vx.name)
+    clip_name, stored_weights, clip_fp = clip_model_for(record, vx.name)
+    clip_weights = configured_clip_weights()
+    if stored_weights and not clip_weights:
+        # the archive names a file, but a path read from data is never loaded: only the operator's
+        # configured weights are (issue 15); the fingerprint below checks they are the same CLIP
+        raise AskError("clip_mismatch", f"video {video_id}: its window embeddings were made with CLIP {clip_name!r} "
+                       f"weights {stored_weights!r}; answering loads only configured CLIP weights: give "
+                       "--clip-weights FILE (or VXL_CLIP_WEIGHTS), or ask without --top-windows", video_id=video_id)
     try:
         clip = get_clip(clip_name, clip_weights)
     except (ValueError, FileNotFoundError, OSError) as exc:

@@ -82,6 +82,9 @@ class IndexOptions:
     decoder: str = "auto"
     accept_numerics_change: bool = False
     kv_codec: str = "raw"
+    lease_ttl_s: float = 600.0
+    """How long a video's lease (`storage.Archive.acquire_lease`) lasts without renewal: a run renews
+    its leases every third of it; a killed run's leases expire after it."""
 
     def settings(self) -> dict:
         """The options that change a video's memory besides the model: sampling and chunk planning.
@@ -233,6 +236,12 @@ class IndexReport:
             f"Model `{self.model}` (fingerprint `{(self.fingerprint or '-')[:16]}`), {self.workers} encode worker(s), "
             f"{self.worker_restarts} worker restart(s).",
         ]
+        capped = [v for v in self.indexed if v.get("frame_cap")]
+        if capped:
+            worst = max(capped, key=lambda v: v["frame_cap"]["seconds_per_frame"])
+            lines += ["", f"{len(capped)} video(s) were longer than max_frames allows at the run's fps and were "
+                      f"sampled uniformly (e.g. `{worst['source_uri']}`: {worst['frame_cap']['kept']} of "
+                      f"{worst['frame_cap']['wanted']} frames, one every {worst['frame_cap']['seconds_per_frame']} s)."]
         if self.failed:
             lines += ["", "## Failed by reason", "", "| error_kind | videos |", "|---|---:|"]
             lines += [f"| {k} | {n} |" for k, n in s["failed_by_kind"].items()]
@@ -511,7 +520,11 @@ def run_index(
     try:
         pool = _get_pool(options, info.num_gpus, info.num_cpus, reuse_workers)
         report.workers = len(pool.slots)
-        _Run(srcs, arch, options, pool, report, emit, t_start).run()
+        run = _Run(srcs, arch, options, pool, report, emit, t_start)
+        try:
+            run.run()
+        finally:
+            run.release_all_leases()
     finally:
         if pool is not None and not reuse_workers:
             pool.shutdown()
@@ -538,6 +551,14 @@ class _Run:
             srcs, arch, options, pool, report, emit, t0)
         self.model_tag = Path(options.model).name
         self.version = _indexer_version()
+        import socket
+        import uuid
+
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        """this run's name in the archive's `leases` table."""
+        self.leases: set[str] = set()
+        self._leases_renewed = time.monotonic()
+        self.fp: str | None = None
 
     # -- events ---------------------------------------------------------------------------------
     def _progress(self, event: str, video: str | None = None, pid: int | None = None) -> None:
@@ -553,6 +574,7 @@ class _Run:
             rec = self._record(video_id, source_uri, meta or {})
             rec.error_kind, rec.error = kind, error
             self._archive_call(lambda: self.arch.put_failed(rec), video_id, source_uri)
+            self._release_lease(video_id)
         self.report.failed.append({"source_uri": source_uri, "video_id": video_id, "error_kind": kind, "error": error})
         record_failed(kind, self.model_tag)
         self._progress("failed", source_uri)
@@ -595,11 +617,15 @@ class _Run:
         self.report.numerics.append({"pid": info["pid"], **res})
 
     # -- phases ---------------------------------------------------------------------------------
-    def _indexed_with_same_settings(self) -> set[str]:
-        """Ids indexed for this fingerprint whose stored settings equal this run's (others re-index)."""
+    def _indexed_with_same_settings(self, video_id: str | None = None) -> set[str]:
+        """Ids indexed for this fingerprint whose stored settings equal this run's (others re-index);
+        only `video_id` when given."""
         want = self.opt.settings()
         same = set()
-        for rec in self.arch.list_videos(f"model_fingerprint = '{self.fp}' AND status = 'indexed'"):
+        where = f"model_fingerprint = '{self.fp}' AND status = 'indexed'"
+        if video_id is not None:
+            where += f" AND video_id = '{video_id}'"
+        for rec in self.arch.list_videos(where):
             try:
                 got = json.loads(rec.plan or "{}").get("params", {}).get("index_settings")
             except ValueError:
@@ -662,6 +688,8 @@ class _Run:
             cap = max(2, n_alive() * self.opt.in_flight_per_worker + 1)
             while queue and len(self.decoding) + len(self.decoded) < cap and len(self.decoding) < max(2, n_alive()):
                 j = queue.popleft()
+                if not self._take_lease(j):
+                    continue
                 meta_ref, frames_ref = decode.remote(
                     j.path, fps=self.opt.fps, max_frames=self.opt.max_frames, frames=self.opt.frames,
                     model_tag=self.model_tag, decoder=self.opt.decoder)
@@ -688,6 +716,7 @@ class _Run:
             done, _ = ray.wait(waitables, num_returns=1, timeout=1.0)
             if not done:
                 self._progress("tick")
+            self._renew_leases()
             self._cancel_overdue_decodes(done)
             for ref in done:
                 if ref in self.decoding:
@@ -696,6 +725,54 @@ class _Run:
                     self._on_encoded(ref)
                 elif ref in loading:
                     self.pool._resolve_ready(loading[ref], ref)
+
+    # -- leases (storage.Archive.acquire_lease): one encode per video across concurrent runs ------
+    def _take_lease(self, j: _Job) -> bool:
+        """Lease `j`'s video for this run; False (and a `skipped` entry) when another live run holds
+        it, or when it was indexed (same settings) since this run listed the archive."""
+        holder = self._archive_call(lambda: self.arch.acquire_lease(j.video_id, self.fp, self.owner,
+                                                                    self.opt.lease_ttl_s), j.video_id, j.source_uri)
+        if holder is None:
+            self.leases.add(j.video_id)
+            if self.opt.force or not self._indexed_with_same_settings(j.video_id):
+                return True
+            self._release_lease(j.video_id)
+            reason, extra = "indexed", {}
+        else:
+            reason, extra = "in_progress", {"holder": holder}
+        self.report.skipped.append({"video_id": j.video_id, "source_uri": j.source_uri, "reason": reason, **extra})
+        self._progress("skipped", j.source_uri)
+        return False
+
+    def _release_lease(self, video_id: str | None) -> None:
+        from storage import ArchiveError
+
+        if video_id is None or video_id not in getattr(self, "leases", ()):
+            return
+        self.leases.discard(video_id)
+        try:
+            self.arch.release_leases([(video_id, self.fp)], self.owner)
+        except (ArchiveError, OSError, RuntimeError, ValueError):  # it expires anyway
+            pass
+
+    def _renew_leases(self) -> None:
+        now = time.monotonic()
+        if self.leases and now - self._leases_renewed >= self.opt.lease_ttl_s / 3:
+            self._leases_renewed = now
+            self._archive_call(lambda: self.arch.renew_leases([(v, self.fp) for v in self.leases], self.owner,
+                                                              self.opt.lease_ttl_s), "(leases)", "(leases)")
+
+    def release_all_leases(self) -> None:
+        """Drop every lease this run still holds (the run ends, or fails)."""
+        from storage import ArchiveError
+
+        held = list(getattr(self, "leases", ()))
+        self.leases = set()
+        if held and self.fp:
+            try:
+                self.arch.release_leases([(v, self.fp) for v in held], self.owner)
+            except (ArchiveError, OSError, RuntimeError, ValueError):  # they expire anyway
+                pass
 
     def _cancel_overdue_decodes(self, done) -> None:
         """Kill decodes running past `--decode-timeout` (SIGKILL of their Ray worker process)."""
@@ -770,19 +847,22 @@ class _Run:
         from tasks.metrics import record_indexed
 
         rec = self._record(j.video_id, j.source_uri, meta)
-        plan = dict(enc.plan, params={**enc.plan.get("params", {}), "index_settings": self.opt.settings()})
+        nframes = len(meta["indices"])
+        cap = frame_cap(meta.get("duration_s"), nframes, self.opt)
+        extra = {"frame_cap": cap} if cap else {}
+        plan = dict(enc.plan, params={**enc.plan.get("params", {}), "index_settings": self.opt.settings(), **extra})
         rec.plan = json.dumps(plan)
         rec.plan_s, rec.encode_s = enc.plan_s, enc.encode_s
         rec.library_versions = json.dumps({**enc.library_versions, "decoder": meta.get("decoder")}, sort_keys=True)
         mem = enc.memory
         put = self._archive_call(lambda: self.arch.put(rec, mem, window_embeddings=enc.window_embeddings,
                                                        kv_codec=self.opt.kv_codec), j.video_id, j.source_uri)
-        nframes = len(meta["indices"])
         stored = getattr(put, "kv_bytes", None)
         stored = int(stored) if stored is not None else int(mem.nbytes)
+        self._release_lease(j.video_id)
         self.report.indexed.append({"video_id": j.video_id, "source_uri": j.source_uri, "frames": nframes,
                                     "windows": len(mem.windows), "kv_bytes": stored,
-                                    "kv_raw_bytes": int(mem.nbytes), "kv_codec": self.opt.kv_codec})
+                                    "kv_raw_bytes": int(mem.nbytes), "kv_codec": self.opt.kv_codec, **extra})
         self.report.frames += nframes
         self.report.kv_bytes += stored
         self.report.kv_raw_bytes += int(mem.nbytes)
@@ -790,6 +870,23 @@ class _Run:
         self.report.stage_seconds["encode"] += enc.encode_s
         record_indexed(stored, self.model_tag)
         self._progress("indexed", j.source_uri, enc.worker_pid)
+
+
+def frame_cap(duration_s: float | None, kept: int, options: IndexOptions) -> dict | None:
+    """How `max_frames` thinned a long video, or None when it did not apply.
+
+    Returns:
+        {"wanted": frames at `fps` over the duration, "kept": frames sampled, "seconds_per_frame":
+        the sampling interval actually used}: reported per video (IndexReport, the plan's
+        `params.frame_cap`, `archive show`), because a 30-minute video at the default 1 fps and
+        128 frames keeps one frame every 14 s (issue 15: it was silent).
+    """
+    if options.frames is not None or not duration_s or duration_s <= 0:
+        return None
+    wanted = int(math.floor(duration_s * options.fps))
+    if wanted <= options.max_frames or kept >= wanted:
+        return None
+    return {"wanted": wanted, "kept": int(kept), "seconds_per_frame": round(duration_s / max(kept, 1), 3)}
 
 
 def decode_remote_fn():

@@ -43,12 +43,20 @@ class RayInfo:
         return f"Ray: {where} ({res}){dash}"
 
 
+WORKER_ENV_PASSED = ("PREFECT_API_URL", "PREFECT_HOME", "HF_HUB_OFFLINE", "AWS_ENDPOINT_URL", "AWS_REGION",
+                     "AWS_DEFAULT_REGION", "VXL_CLIP_WEIGHTS")
+"""Driver variables copied to Ray workers: settings only. Never credentials (AWS keys, session tokens,
+PREFECT_API_KEY): a runtime_env is visible to anyone who can read the Ray dashboard or state API
+(issue 15). Workers read credentials from their node's own environment (a local Ray's workers
+inherit the driver's; on a cluster, each node's `ray start` environment, an instance profile or a
+secrets manager; docs/OPERATIONS.md, "Credentials")."""
+
+
 def worker_env() -> dict[str, str]:
-    """Environment variables for Ray workers (runtime_env `env_vars`)."""
+    """Environment variables for Ray workers (runtime_env `env_vars`): `WORKER_ENV_PASSED` that are set."""
     env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "TOKENIZERS_PARALLELISM": "false",
            "RAY_DEDUP_LOGS": "0"}
-    for k in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_HOME", "HF_HUB_OFFLINE", "AWS_ACCESS_KEY_ID",
-              "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION"):
+    for k in WORKER_ENV_PASSED:
         if k in os.environ:
             env[k] = os.environ[k]
     return env

@@ -30,9 +30,9 @@ import math
 import multiprocessing as mp
 import os
 import shutil
-import signal
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,10 +46,6 @@ VIDEO_EXTENSIONS: tuple[str, ...] = (
 )
 MANIFEST_EXTENSIONS: tuple[str, ...] = (".csv", ".jsonl", ".parquet")
 DIGEST_CHUNK_BYTES = 8 * 1024 * 1024
-# Test hook, read by `decode`: "hang" spins forever holding the GIL (as decord's get_batch does in
-# dmlc/decord#373), "crash" kills the process with SIGKILL; used to test `decode_with_timeout` and
-# the index pipeline's decode timeout. "hang:NAME" / "crash:NAME" apply only to files named NAME.
-FAULT_ENV = "VXL_TEST_DECODE_FAULT"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -560,14 +556,6 @@ def decode(
     t0 = time.perf_counter()
     p = Path(path)
     size = _check_file(p)
-    fault, _, only = os.environ.get(FAULT_ENV, "").partition(":")
-    if only and p.name != only:
-        fault = ""
-    if fault == "hang":  # test hooks, see FAULT_ENV
-        while True:
-            pass
-    elif fault == "crash":
-        os.kill(os.getpid(), signal.SIGKILL)
     sampling = Sampling(fps=fps, max_frames=max_frames, frames=frames)
     sampling.validate()
     info = _probe_av(p)
@@ -625,10 +613,10 @@ def _short(exc: BaseException, limit: int = 300) -> str:
     return text[:limit]
 
 
-def _worker(path: str, kwargs: dict, npy_path: str, conn) -> None:
+def _worker(path: str, kwargs: dict, npy_path: str, conn, decode_fn=None) -> None:
     """Child process: decode, write frames to `npy_path`, send ("ok", fields) or ("error", kind, msg)."""
     try:
-        dv = decode(path, **kwargs)
+        dv = (decode_fn or decode)(path, **kwargs)
         np.save(npy_path, dv.frames, allow_pickle=False)
         fields = {k: getattr(dv, k) for k in DecodedVideo.__dataclass_fields__ if k != "frames"}
         conn.send(("ok", fields))
@@ -647,6 +635,7 @@ def decode_with_timeout(
     *,
     timeout_s: float = 120.0,
     tmp_dir: str | os.PathLike | None = None,
+    decode_fn: Callable[..., DecodedVideo] | None = None,
     **kw,
 ) -> DecodedVideo:
     """`decode` in a child process (multiprocessing "spawn") that is killed after `timeout_s` seconds.
@@ -662,6 +651,8 @@ def decode_with_timeout(
         path: a local video file.
         timeout_s: wall-clock limit for the child, seconds (> 0).
         tmp_dir: folder for the frame hand-off file (needs room for F*H*W*3 bytes).
+        decode_fn: what the child runs instead of `decode` (a module-level function, pickled by
+            reference; tests inject hanging or crashing decoders this way).
         **kw: passed to `decode` (fps, max_frames, frames, num_threads).
 
     Returns:
@@ -681,7 +672,7 @@ def decode_with_timeout(
     work = Path(tempfile.mkdtemp(prefix="vxl-decode-", dir=tmp_dir))
     npy = work / "frames.npy"
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_worker, args=(str(p), kw, str(npy), send), daemon=True, name="vxl-decode")
+    proc = ctx.Process(target=_worker, args=(str(p), kw, str(npy), send, decode_fn), daemon=True, name="vxl-decode")
     try:
         proc.start()
         send.close()
@@ -738,7 +729,6 @@ __all__ = [
     "DecodeError",
     "DecodedVideo",
     "ERROR_KINDS",
-    "FAULT_ENV",
     "Source",
     "VIDEO_EXTENSIONS",
     "decode",

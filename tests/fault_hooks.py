@@ -39,3 +39,52 @@ def install() -> None:
         return out, weights
 
     VSTAttention.forward = forward
+
+
+# ----------------------------------------------------------------------------------------------
+# Decode faults (the production decoder has no test hook; issue 15)
+
+DECODE_FAULT_ENV = "VXL_TEST_DECODE_FAULT"
+"""`hang` spins forever holding the GIL (as decord's get_batch does in dmlc/decord#373), `crash`
+kills the process with SIGKILL; `hang:NAME` / `crash:NAME` apply only to files named NAME."""
+
+
+def _apply_decode_fault(fault: str, path) -> None:
+    import signal
+    from pathlib import Path
+
+    fault, _, only = fault.partition(":")
+    if only and Path(path).name != only:
+        return
+    if fault == "hang":
+        while True:
+            pass
+    elif fault == "crash":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def hanging_decode(path, **kwargs):
+    """A `decode_fn` for `tasks.video.decode_with_timeout` that never returns."""
+    _apply_decode_fault("hang", path)
+
+
+def crashing_decode(path, **kwargs):
+    """A `decode_fn` for `tasks.video.decode_with_timeout` whose process dies by SIGKILL."""
+    _apply_decode_fault("crash", path)
+
+
+def install_decode_fault() -> None:
+    """Ray `worker_process_setup_hook`: make `tasks.video.decode` apply `$VXL_TEST_DECODE_FAULT`
+    (the index pipeline decodes in Ray workers, so the fault must be installed there)."""
+    fault = os.environ.get(DECODE_FAULT_ENV, "")
+    if not fault:
+        return
+    import tasks.video as video
+
+    original = video._check_file
+
+    def check_file(p):
+        _apply_decode_fault(fault, p)
+        return original(p)
+
+    video._check_file = check_file

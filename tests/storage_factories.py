@@ -144,3 +144,14 @@ def downgrade_archive(root, version: str) -> None:
             ds = lance.dataset(str(path))
         meta = {k.decode(): v.decode() for k, v in SCHEMAS[name].metadata.items()}
         ds.update_schema_metadata(meta | {"vxl.format_version": version}, replace=True)
+
+
+def lease_worker(uri: str, keys: list[str], owner: str, ready, go, results) -> None:
+    """Wait for `go`, then try to take the lease of every key in `keys`; put (owner, key, won) in `results`."""
+    from storage import open_archive
+
+    arch = open_archive(uri)
+    ready.set()
+    go.wait(60)
+    for k in keys:
+        results.put((owner, k, arch.acquire_lease(k, FP, owner, 60.0) is None))

@@ -248,3 +248,32 @@ def test_cli_ask_other_model_and_corrupt_blob(indexed, tiny_vx, tmp_path):
     assert res.exit_code == 4, res.output
     assert re.search(r"window \d+: checksum", res.output), res.output
     assert recs[0].video_id in res.output and "re-index" in res.output
+
+
+def test_top_windows_never_loads_a_weights_path_named_by_the_archive(indexed, tiny_vx, monkeypatch, tmp_path):
+    """A CLIP weights path read from the archive is data, not configuration: answering refuses to
+    load it and asks for --clip-weights; the configured file is the only one loaded (issue 15)."""
+    import tasks.ask as ask
+
+    arch, recs = indexed
+    vid = recs[0].video_id
+    planted = tmp_path / "planted.pt"
+    planted.write_bytes(b"not weights")
+    monkeypatch.setattr(ask, "clip_model_for", lambda rec, name: ("vxl-tiny-clip", str(planted), None))
+    loaded = []
+    real_get_clip = ask.get_clip
+
+    def spy(name, weights=None):
+        loaded.append(weights)
+        return real_get_clip(name)  # the random tiny CLIP the videos were indexed with
+
+    monkeypatch.setattr(ask, "get_clip", spy)
+    monkeypatch.delenv("VXL_CLIP_WEIGHTS", raising=False)
+    with pytest.raises(AskError) as e:
+        load_memory(arch, tiny_vx, vid, "a red circle", top_windows=1)
+    assert e.value.kind == "clip_mismatch" and "--clip-weights" in str(e.value) and str(planted) in str(e.value)
+    assert loaded == []  # nothing was loaded
+    configured = tmp_path / "configured.pt"
+    monkeypatch.setenv("VXL_CLIP_WEIGHTS", str(configured))
+    _, used, _, _ = load_memory(arch, tiny_vx, vid, "a red circle", top_windows=1)
+    assert loaded == [str(configured)] and len(used) == 3

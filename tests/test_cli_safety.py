@@ -176,3 +176,26 @@ print("STARTED", started)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "STARTED []" in out.stdout, out.stdout
     assert not (tmp_path / "ph").exists() or not any((tmp_path / "ph").rglob("*.db"))  # no Prefect database
+
+
+def test_archive_show_summarises_the_plan(one_video):
+    """`archive show` prints a summary of the plan (a 30-minute video's plan is ~89 KB of JSON);
+    `--full` prints all of it."""
+    root, vid = one_video
+    arch = open_archive(root, create=False)
+    rec = arch.get_video(vid)
+    plan = {"planner": "dynamic", "tokens_per_frame": 144,
+            "windows": [[i * 8, i * 8 + 8, 16 if i % 3 else 4] for i in range(200)],
+            "params": {"index_settings": {"fps": 1.0, "max_frames": 1600}, "frame_cap": {"wanted": 1800, "kept": 1600,
+                                                                                         "seconds_per_frame": 1.125}},
+            "extras": {"similarity": [0.5] * 1600}}
+    rec.plan = json.dumps(plan)
+    arch.put(rec, make_memory(num_windows=2))
+    summary = json.loads(run("archive", "show", vid, "--archive", root, "--json").stdout)[0]["plan"]
+    assert summary == {"planner": "dynamic", "windows": 200, "ratios": "4x: 67, 16x: 133", "frames": 1600,
+                       "fps": 1.0, "max_frames": 1600,
+                       "frame_cap": {"wanted": 1800, "kept": 1600, "seconds_per_frame": 1.125}}
+    full = json.loads(run("archive", "show", vid, "--archive", root, "--json", "--full").stdout)[0]["plan"]
+    assert json.loads(full) == plan
+    text = run("archive", "show", vid, "--archive", root)
+    assert text.exit_code == 0 and "ratios 4x: 67, 16x: 133" in text.stdout and len(text.stdout) < 5000

@@ -41,7 +41,7 @@ def ray_faults(fault_file):
         ray.shutdown()
     env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "VXL_TEST_FAULT_FILE": str(fault_file),
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning",
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning",
              runtime_env={"env_vars": env, "worker_process_setup_hook": "tests.fault_hooks.install"})
     yield ray
     ray.shutdown()

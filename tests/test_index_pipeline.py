@@ -26,7 +26,7 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning",
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning",
                  runtime_env={"env_vars": {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}})
     yield ray
     from tasks.index import shutdown_workers
@@ -268,9 +268,12 @@ def test_non_utf8_file_names_are_stored_losslessly(ray_session, corpus, tmp_path
     shutil.copy(corpus / "good" / "sample_02.mp4", root + b"/plain.mp4")
     srcs = discover([os.fsdecode(root)])
     uri = str(tmp_path / "archive")
-    rep = run_index(srcs, uri, make_options("tiny", **OPTS), reuse_workers=True)
+    rep = run_index(srcs, uri, make_options("tiny", **{**OPTS, "fps": 4.0}), reuse_workers=True)
 
     assert len(rep.indexed) == 2 and [f["error_kind"] for f in rep.failed] == ["not_a_video"]
+    # 4 s at 4 fps wants 16 frames, max_frames keeps 6: reported per video, not silent
+    assert [v["frame_cap"] for v in rep.indexed] == [{"wanted": 16, "kept": 6, "seconds_per_frame": 0.667}] * 2
+    assert "sampled uniformly" in rep.markdown()
     rows = {r.source_uri: r for r in open_archive(uri).list_videos()}
     assert len(rows) == 3  # both good videos and the failed one are in the archive
     encoded = [u for u in rows if u.startswith("file://")]
@@ -279,3 +282,29 @@ def test_non_utf8_file_names_are_stored_losslessly(ray_session, corpus, tmp_path
     assert os.fsencode(tmp_path / "lib" / "plain.mp4").decode() in rows  # UTF-8 names stay plain paths
     failed = next(r for r in rows.values() if r.status == "failed")
     failed.error.encode("utf-8")  # the error text quoting the name is storable and readable
+
+
+def test_a_video_leased_by_another_live_run_is_not_encoded_twice(ray_session, corpus, tmp_path):
+    """While another run holds a video's lease (it is encoding it), this run skips it as
+    `in_progress` and indexes the rest; once that lease expires (its run was killed), a rerun
+    indexes the video. No lease is left behind by a finished run."""
+    from storage import open_archive
+    from tasks.video import video_id
+
+    uri = str(tmp_path / "archive")
+    videos = [str(corpus / "good" / f"sample_0{i}.mp4") for i in range(2)]
+    from tasks.ask import get_model
+
+    fp = get_model("tiny").fingerprint  # what the encode workers compute on this CPU
+    arch = open_archive(uri)
+    busy = video_id(videos[1])
+    assert arch.acquire_lease(busy, fp, "other-host:4242:run", 600.0) is None
+    rep = run_index(videos, uri, make_options("tiny", **OPTS), reuse_workers=True)
+    assert rep.fingerprint == fp
+    assert [(s["video_id"], s["reason"], s["holder"]) for s in rep.skipped] == [
+        (busy, "in_progress", "other-host:4242:run")]
+    assert [v["video_id"] for v in rep.indexed] == [video_id(videos[0])] and rep.exit_code == 0
+    arch.renew_leases([(busy, fp)], "other-host:4242:run", -1.0)  # the other run died: its lease expired
+    again = run_index(videos, uri, make_options("tiny", **OPTS), reuse_workers=True)
+    assert [v["video_id"] for v in again.indexed] == [busy]
+    assert open_archive(uri).list_leases() == []  # released as each video was written

@@ -20,12 +20,16 @@ SCRIPT = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, {repo!r})
     from tasks.index import make_options, run_index
-    from tasks.ray_runtime import ensure_ray, shutdown_if_started
-    info = ensure_ray(num_cpus=2, include_dashboard=False)
+    import ray
+    from tasks.ray_runtime import ensure_ray
+    # the decode fault is installed in each Ray worker by the tests' own hook (the decoder has none)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={{"worker_process_setup_hook": "tests.fault_hooks.install_decode_fault"}})
+    ensure_ray()  # joins the Ray initialised above
     rep = run_index([{videos!r}], {archive!r}, make_options("tiny", max_frames=6, workers=1, decode_timeout_s=12.0))
     print(json.dumps({{"exit": rep.exit_code, "indexed": [v["source_uri"] for v in rep.indexed],
                       "failed": rep.failed}}))
-    shutdown_if_started(info)
+    ray.shutdown()
 """)
 
 

@@ -1,4 +1,4 @@
-"""`tasks.ray_runtime.ensure_ray`: which Ray a run uses (issue 15)."""
+"""`tasks.ray_runtime.ensure_ray`: which Ray a run uses, and what its workers are given (issue 15)."""
 
 from __future__ import annotations
 
@@ -43,8 +43,16 @@ def test_local_by_default_never_joins_a_cluster_started_on_the_machine():
 import json, ray
 from tasks.ray_runtime import ensure_ray
 info = ensure_ray(num_cpus=1, include_dashboard=False)
+
+@ray.remote(num_cpus=0)
+def secret_seen():
+    import os
+    return os.environ.get("AWS_SECRET_ACCESS_KEY")
+
+job_env = ray.get_runtime_context().runtime_env.get("env_vars", {})
 print("RESULT", json.dumps({"started": info.started_here, "gcs": ray.get_runtime_context().gcs_address,
-                            "describe": info.describe()}))
+                            "describe": info.describe(), "job_env": job_env,
+                            "worker_secret": ray.get(secret_seen.remote())}))
 ray.shutdown()
 """
         current = Path("/tmp/ray/ray_current_cluster")  # where ray.init() finds the machine's cluster
@@ -55,13 +63,20 @@ ray.shutdown()
             time.sleep(0.5)
         else:
             pytest.fail("the machine's cluster (ray start --head) did not come up")
-        out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True, text=True,
-                             timeout=180)
+        secrets = {"AWS_SECRET_ACCESS_KEY": "s3cr3t-value", "AWS_ACCESS_KEY_ID": "AKIDVXLTEST",
+                   "PREFECT_API_KEY": "pnu_vxltest", "AWS_REGION": "eu-west-1"}
+        out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**_env(), **secrets}, capture_output=True,
+                             text=True, timeout=180)
         assert out.returncode == 0, out.stderr[-3000:]
         res = json.loads(out.stdout.split("RESULT", 1)[1])
         assert res["started"] is True
         assert not res["gcs"].endswith(f":{port}"), f"joined the machine's cluster at port {port}: {res}"
         assert res["describe"].startswith("Ray: a private local Ray started for this run"), res
+        # credentials never travel in the runtime_env (readable in the dashboard and state API) ...
+        assert not {"AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "PREFECT_API_KEY"} & set(res["job_env"]), res
+        assert "s3cr3t" not in json.dumps(res["job_env"]) and res["job_env"].get("AWS_REGION") == "eu-west-1"
+        # ... yet a local Ray's workers have them, from the environment they inherit
+        assert res["worker_secret"] == "s3cr3t-value"
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:

@@ -315,3 +315,23 @@ def test_stale_blob_location_falls_back_to_lance(arch, monkeypatch):
     assert arch.load_memory(rec.video_id, FP).equal(mem)
     fresh = [r["_blob"] for r in arch._kv_cache[(rec.key, rec.write_id)] if "_blob" in r]
     assert [(p, o + 8, n) for p, o, n in fresh] == poisoned
+
+
+def test_forged_sizes_are_refused_before_any_allocation(tmp_path):
+    """A `vst_kv` row whose shape, token count and byte count were changed together (consistent with
+    each other, so per-row checks pass) asks for about 128 GB: the load refuses it from the videos
+    row's total before allocating (issue 15: sizes read from the archive drove allocations)."""
+    from storage import CorruptBlob
+
+    arch = open_archive(tmp_path / "a")
+    mem = make_memory(num_windows=3)
+    rec = make_record("a")
+    arch.put(rec, mem)
+    L, two, H, T, D = mem.window_kv[1].shape
+    huge_t = 2_000_000_000  # num_tokens is int32
+    nbytes = L * two * H * huge_t * D * 2  # float16
+    arch._table("vst_kv").update(where=f"video_id = '{rec.video_id}' AND window = 1",
+                                 values={"shape": [L, two, H, huge_t, D], "num_tokens": huge_t, "nbytes": nbytes})
+    fresh = open_archive(tmp_path / "a", create=False)
+    with pytest.raises(CorruptBlob, match="sum to"):
+        fresh.load_memory(rec.video_id, rec.model_fingerprint)

@@ -170,3 +170,39 @@ def test_put_by_another_process_is_visible_to_next_load(tmp_path):
     assert p.exitcode == 0
     assert arch.load_memory(video_id(name), FP).equal(memory_for(name))
     assert arch.get_video(video_id(name), FP).write_id == open_archive(uri).get_video(video_id(name), FP).write_id
+
+
+def test_concurrent_runs_lease_each_video_once(tmp_path):
+    """Four processes race for the leases of the same six videos at the same instant: each video
+    is won by exactly one (so concurrent `vxl index` runs never encode a video twice); an expired
+    lease (a killed run's) is taken over, a live one is not."""
+    from storage_factories import lease_worker
+
+    uri = str(tmp_path / "a")
+    open_archive(uri)
+    keys = [f"v{i}" for i in range(6)]
+    go, results = CTX.Event(), CTX.Queue()
+    procs, readies = [], []
+    for n in range(4):
+        ready = CTX.Event()
+        p = CTX.Process(target=lease_worker, args=(uri, keys, f"run{n}", ready, go, results))
+        p.start()
+        procs.append(p)
+        readies.append(ready)
+    try:
+        assert all(r.wait(90) for r in readies), "workers did not start"
+        go.set()
+        got = [results.get(timeout=120) for _ in range(4 * len(keys))]
+    finally:
+        for p in procs:
+            p.join(60)
+    winners = {k: [o for o, kk, won in got if kk == k and won] for k in keys}
+    assert all(len(w) == 1 for w in winners.values()), winners
+    arch = open_archive(uri)
+    assert {r["video_id"]: r["owner"] for r in arch.list_leases()} == {k: w[0] for k, w in winners.items()}
+    # a live lease is not taken over; an expired one (its run was killed) is
+    assert arch.acquire_lease("v0", FP, "late", 60.0) == winners["v0"][0]
+    arch.renew_leases([("v0", FP)], winners["v0"][0], -1.0)  # as if its run died a while ago
+    assert arch.acquire_lease("v0", FP, "late", 60.0) is None
+    arch.release_leases([("v0", FP)], "someone-else")  # only the holder releases
+    assert [r["owner"] for r in arch.list_leases() if r["video_id"] == "v0"] == ["late"]

@@ -54,7 +54,7 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning",
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning",
                  runtime_env={"env_vars": {"PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                                            "TOKENIZERS_PARALLELISM": "false"}})
     yield ray

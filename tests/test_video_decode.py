@@ -14,7 +14,6 @@ from video_factories import bad_files, sample_videos
 from tasks.samples import load_truth
 from tasks.video import (
     ERROR_KINDS,
-    FAULT_ENV,
     DecodeError,
     DecodeTimeout,
     decode,
@@ -107,22 +106,24 @@ def test_bad_sampling_arguments_are_value_errors(sample):
         decode_with_timeout(sample, timeout_s=0)
 
 
-def test_hanging_decoder_is_killed_on_time(sample, monkeypatch):
-    monkeypatch.setenv(FAULT_ENV, "hang")
+def test_hanging_decoder_is_killed_on_time(sample):
+    from fault_hooks import hanging_decode
+
     t0 = time.monotonic()
     with pytest.raises(DecodeTimeout) as e:
-        decode_with_timeout(sample, timeout_s=1.5)
+        decode_with_timeout(sample, timeout_s=1.5, decode_fn=hanging_decode)
     elapsed = time.monotonic() - t0
     assert e.value.kind == "timeout" and str(sample) in str(e.value)
     assert 1.5 <= elapsed < 1.5 + 3.0
     assert not mp.active_children()
 
 
-def test_crashing_decoder_is_reported(sample, monkeypatch):
-    monkeypatch.setenv(FAULT_ENV, "crash")
+def test_crashing_decoder_is_reported(sample):
+    from fault_hooks import crashing_decode
+
     t0 = time.monotonic()
     with pytest.raises(DecodeError) as e:
-        decode_with_timeout(sample, timeout_s=30)
+        decode_with_timeout(sample, timeout_s=30, decode_fn=crashing_decode)
     assert e.value.kind == "crashed" and "exit code -9" in str(e.value)
     assert time.monotonic() - t0 < 10
 
