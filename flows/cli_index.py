@@ -71,6 +71,11 @@ class LiveProgress:
         rate = p.frames / p.elapsed_s if p.elapsed_s > 0 else 0.0
         stats = (f"indexed {p.indexed}  skipped {p.skipped}  [red]failed {p.failed}[/red]  "
                  f"in flight {p.in_flight}  {rate:.1f} frames/s")
+        for e in (p.encoding or [])[:2]:  # inside long videos: windows done, frames/s, ETA
+            eta = f"ETA {int(e['eta_s']) // 60}:{int(e['eta_s']) % 60:02d}" if e.get("eta_s") is not None else "ETA -"
+            name = os.path.basename(str(e["video"] or ""))[:30]
+            stats += (f"  | {name}: window {e['windows_done']}/{e['windows_total'] or '?'}, "
+                      f"{e['frames_per_s']:.1f} frames/s, {eta}")
         self.progress.update(self.task, total=p.total or None, completed=p.done, stats=stats)
 
 

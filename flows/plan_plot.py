@@ -8,13 +8,33 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+MIN_LABEL_PX = 30
+"""A window's bar gets its `r=<ratio>` label only when it is at least this wide on the figure
+(at 200+ windows the labels smeared into each other; the colour key names every ratio)."""
+
 
 def plot_plan(record, out: str | Path) -> Path:
-    """Write a PNG of `record.plan` (a `storage.VideoRecord` with status `indexed`).
+    """Write a PNG of `record.plan` (a `storage.VideoRecord` with status `indexed`); see `draw_plan`.
+
+    Raises:
+        ValueError: the record has no plan (a failed video).
+    """
+    import matplotlib.pyplot as plt
+
+    fig = draw_plan(record)
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def draw_plan(record):
+    """The figure of `record.plan`.
 
     Top panel (dynamic plans): adjacent-frame CLIP cosine similarity and depth score at each gap
     between sampled frames, the boundary threshold `mean + alpha * std`, and the chosen boundaries.
-    Bottom panel: one bar per window over its time span, coloured by ratio, labelled `r=<ratio>`.
+    Bottom panel: one bar per window over its time span, coloured by ratio, with a colour key
+    (`ratio N (W windows)`); bars wide enough (`MIN_LABEL_PX`) are also labelled `r=<ratio>`.
     The x axis is the video's time in seconds (sampled frame timestamps; frame indices if unknown).
 
     Raises:
@@ -62,18 +82,24 @@ def plot_plan(record, out: str | Path) -> Path:
     ax = axes[-1]
     ratios = sorted({w[2] for w in windows})
     cmap = plt.get_cmap("viridis", max(len(ratios), 2))
+    span = max(t_end(windows[-1][1]) - t_start(windows[0][0]), 1e-9)
+    px_per_unit = fig.get_figwidth() * fig.dpi * 0.85 / span  # the axes take about 85% of the width
+    edge = "white" if len(windows) <= 100 else "none"
     for a, b, r in windows:
         x0, x1 = t_start(a), t_end(b)
-        ax.barh(0, x1 - x0, left=x0, height=0.8, color=cmap(ratios.index(r)), edgecolor="white")
-        ax.text((x0 + x1) / 2, 0, f"r={r}", ha="center", va="center", fontsize=8,
-                color="white" if ratios.index(r) < len(ratios) / 2 else "black")
+        ax.barh(0, x1 - x0, left=x0, height=0.8, color=cmap(ratios.index(r)), edgecolor=edge, linewidth=0.5)
+        if (x1 - x0) * px_per_unit >= MIN_LABEL_PX:
+            ax.text((x0 + x1) / 2, 0, f"r={r}", ha="center", va="center", fontsize=8,
+                    color="white" if ratios.index(r) < len(ratios) / 2 else "black")
+    from matplotlib.patches import Patch
+
+    counts = {r: sum(1 for w in windows if w[2] == r) for r in ratios}
+    ax.legend(handles=[Patch(color=cmap(i), label=f"ratio {r} ({counts[r]} windows)") for i, r in enumerate(ratios)],
+              loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=min(len(ratios), 6), fontsize=8, frameon=False)
     ax.set_yticks([])
     ax.set_xlabel(f"time ({unit})")
     ax.set_ylabel("windows")
     if not has_curve:
         ax.set_title(f"{record.source_uri or record.video_id}: {plan.get('planner')} plan, {len(windows)} windows")
     fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return fig

@@ -203,22 +203,25 @@ class VideoXL:
 
     # -- encoding -------------------------------------------------------------------------------
     @torch.inference_mode()
-    def encode(self, frames, plan: ChunkPlan, timestamps=None) -> VSTMemory:
+    def encode(self, frames, plan: ChunkPlan, timestamps=None, *, on_window=None) -> VSTMemory:
         """Compress a video into its VST memory.
 
         Args:
             frames: uint8 `(F, H, W, 3)` RGB (numpy or torch), the sampled frames in time order.
             plan: a `ChunkPlan` covering exactly F frames.
             timestamps: optional `(F,)` presentation times in seconds, stored in `WindowSpan`s.
+            on_window: optional `callable(windows_done, windows_total, frames_done)` called after
+                each window (progress inside a long video; it must not raise).
         Returns:
             `VSTMemory` in the model's dtype, on the model's device.
         Raises:
             ValueError: wrong frame dtype/shape, empty frames, a plan that does not cover the
                 frames, timestamps of the wrong length.
         """
-        return self.encode_memory(frames, plan, timestamps)
+        return self.encode_memory(frames, plan, timestamps, on_window=on_window)
 
-    def encode_memory(self, frames, plan: ChunkPlan, timestamps=None, *, checkpoint_windows: bool = False) -> VSTMemory:
+    def encode_memory(self, frames, plan: ChunkPlan, timestamps=None, *, checkpoint_windows: bool = False,
+                      on_window=None) -> VSTMemory:
         """`encode` under the caller's grad mode: the one implementation of the encode loop.
 
         Training (`model.training`) calls it with gradients enabled, so the loss reaches every
@@ -274,6 +277,8 @@ class VideoXL:
                 end_s=float(timestamps[w.frame_end - 1]) if timestamps is not None else None,
             ))
             assert kv.shape[3] == n_vst and n_tok * w.num_frames == feats.shape[0]
+            if on_window is not None:
+                on_window(idx + 1, len(plan.windows), w.frame_end)
         return VSTMemory(sink=sink, window_kv=kvs, windows=windows, fingerprint=self.fingerprint)
 
     def _window_pass(self, cache, x: torch.Tensor, is_vst: torch.Tensor) -> torch.Tensor:

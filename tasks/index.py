@@ -277,6 +277,9 @@ class Progress:
     worker_pid: int | None = None
     dashboard_url: str | None = None
     ray: str | None = None
+    encoding: list[dict] | None = None
+    """Videos being encoded now: {"video", "windows_done", "windows_total", "frames_done",
+    "frames_total", "frames_per_s", "eta_s"} (polled from the encode workers every 2 s)."""
 
     @property
     def done(self) -> int:
@@ -536,11 +539,20 @@ def run_index(
 
 
 def _snapshot(report: IndexReport, in_flight: int, t0: float, event: str, video: str | None = None,
-              pid: int | None = None) -> Progress:
+              pid: int | None = None, encoding: list[dict] | None = None) -> Progress:
     return Progress(total=report.total, indexed=len(report.indexed), skipped=len(report.skipped),
                     failed=len(report.failed), frames=report.frames, in_flight=in_flight,
                     elapsed_s=time.perf_counter() - t0, event=event, video=video, worker_pid=pid,
-                    dashboard_url=report.dashboard_url, ray=report.ray)
+                    dashboard_url=report.dashboard_url, ray=report.ray, encoding=encoding)
+
+
+def encode_progress(p: dict) -> dict:
+    """A worker's `EncodeWorker.progress()` as shown: frames/s so far inside the video and its ETA."""
+    done, total, el = p.get("frames_done") or 0, p.get("frames_total") or 0, p.get("elapsed_s") or 0.0
+    rate = done / el if el > 0 and done else 0.0
+    return {"video": p.get("path"), "windows_done": p.get("windows_done") or 0, "windows_total": p.get("windows_total"),
+            "frames_done": done, "frames_total": total, "frames_per_s": round(rate, 2),
+            "eta_s": round((total - done) / rate, 1) if rate > 0 else None}
 
 
 class _Run:
@@ -558,11 +570,34 @@ class _Run:
         """this run's name in the archive's `leases` table."""
         self.leases: set[str] = set()
         self._leases_renewed = time.monotonic()
+        self._progress_polled = 0.0
+        self.encoding_now: list[dict] | None = None
         self.fp: str | None = None
 
     # -- events ---------------------------------------------------------------------------------
     def _progress(self, event: str, video: str | None = None, pid: int | None = None) -> None:
-        self.emit(_snapshot(self.report, self._in_flight(), self.t0, event, video, pid))
+        self.emit(_snapshot(self.report, self._in_flight(), self.t0, event, video, pid,
+                            encoding=getattr(self, "encoding_now", None)))
+
+    def _poll_encode_progress(self) -> None:
+        """Every 2 s while videos are encoding: windows done, frames/s and ETA inside each, from
+        the workers' `progress` (its own concurrency group, answered while `encode` runs)."""
+        import ray
+
+        from tasks.workers import PROGRESS_GROUP
+
+        now = time.monotonic()
+        if not self.encoding or now - self._progress_polled < 2.0:
+            return
+        self._progress_polled = now
+        slots = {id(slot): slot for (_, _, _, slot) in self.encoding.values()}.values()
+        refs = [slot.handle.progress.options(concurrency_group=PROGRESS_GROUP).remote() for slot in slots]
+        try:
+            got = ray.get(refs, timeout=1.0)
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError):  # busy or restarting: next time
+            return
+        self.encoding_now = [encode_progress(g) for g in got if g]
+        self._progress("encoding")
 
     def _in_flight(self) -> int:
         return len(getattr(self, "decoding", {})) + len(getattr(self, "decoded", ())) + len(getattr(self, "encoding", {}))
@@ -716,6 +751,7 @@ class _Run:
             done, _ = ray.wait(waitables, num_returns=1, timeout=1.0)
             if not done:
                 self._progress("tick")
+                self._poll_encode_progress()
             self._renew_leases()
             self._cancel_overdue_decodes(done)
             for ref in done:

@@ -117,12 +117,13 @@ class Encoder:
         plan.extras["clip_fingerprint"] = self.clip.fingerprint
         return plan, window_mean_embeddings(plan, emb)
 
-    def encode(self, frames: np.ndarray, timestamps=None) -> EncodedVideo:
-        """Plan and encode one video's sampled frames. Raises ValueError for unusable frames."""
+    def encode(self, frames: np.ndarray, timestamps=None, on_window=None) -> EncodedVideo:
+        """Plan and encode one video's sampled frames (`on_window`: see `VideoXL.encode`).
+        Raises ValueError for unusable frames."""
         t0 = time.perf_counter()
         plan, wemb = self.plan(frames)
         t1 = time.perf_counter()
-        memory = self.vx.encode(frames, plan, timestamps=timestamps)
+        memory = self.vx.encode(frames, plan, timestamps=timestamps, on_window=on_window)
         memory = memory.to("cpu")
         t2 = time.perf_counter()
         return EncodedVideo(memory=memory, plan=plan.to_dict(), window_embeddings=wemb,
@@ -230,6 +231,8 @@ class EncodeWorker:
         self.encoder = load_encoder(model, spec)
         self.model_tag = model_tag or self.encoder.vx.name
         self._probe = None
+        self._current: dict | None = None
+        """the video being encoded: path, windows done/total, frames done, start time (`progress`)."""
 
     def ready(self) -> dict:
         """The loaded model's identity and its numerics probe (`model.probe`, computed once).
@@ -248,21 +251,44 @@ class EncodeWorker:
     def pid(self) -> int:
         return os.getpid()
 
+    def progress(self) -> dict | None:
+        """The encode in progress: {"path", "windows_done", "windows_total", "frames_done",
+        "frames_total", "elapsed_s"}, or None when idle. Call it in `PROGRESS_GROUP` (it runs while
+        `encode` does)."""
+        cur = self._current
+        if cur is None:
+            return None
+        return {**{k: v for k, v in cur.items() if k != "started"}, "elapsed_s": time.monotonic() - cur["started"]}
+
     def encode(self, meta: dict, frames: np.ndarray) -> dict:
         """Plan and encode one decoded video. Returns {"ok": True, "result": EncodedVideo} or
         {"ok": False, "error_kind": "encode_failed", "error": ...} for frames the model refuses."""
         from tasks.metrics import record_encode_seconds
 
+        cur = self._current = {"path": meta.get("path"), "windows_done": 0, "windows_total": None, "frames_done": 0,
+                               "frames_total": int(frames.shape[0]), "started": time.monotonic()}
+
+        def on_window(done: int, total: int, frames_done: int) -> None:
+            cur.update(windows_done=done, windows_total=total, frames_done=frames_done)
+
         try:
-            res = self.encoder.encode(frames, timestamps=meta.get("timestamps"))
+            res = self.encoder.encode(frames, timestamps=meta.get("timestamps"), on_window=on_window)
         except (ValueError, RuntimeError) as exc:  # bad frames, out of memory, shape limits
             return {"ok": False, "error_kind": "encode_failed", "error": f"{meta.get('path')}: {type(exc).__name__}: {exc}"}
+        finally:
+            self._current = None
         record_encode_seconds(res.plan_s + res.encode_s, self.model_tag)
         return {"ok": True, "result": res}
 
 
+PROGRESS_GROUP = "progress"
+"""The actor's concurrency group for `progress` calls: answered from their own thread while `encode`
+runs (encodes stay one at a time in the default group)."""
+
+
 def encode_worker_class():
-    """The `EncodeWorker` actor class (`ray.remote(EncodeWorker)`); options are set per pool."""
+    """The `EncodeWorker` actor class (`ray.remote(EncodeWorker)`, with the `PROGRESS_GROUP`
+    concurrency group); options are set per pool."""
     import ray
 
-    return ray.remote(EncodeWorker)
+    return ray.remote(concurrency_groups={PROGRESS_GROUP: 1})(EncodeWorker)

@@ -199,3 +199,25 @@ def test_archive_show_summarises_the_plan(one_video):
     assert json.loads(full) == plan
     text = run("archive", "show", vid, "--archive", root)
     assert text.exit_code == 0 and "ratios 4x: 67, 16x: 133" in text.stdout and len(text.stdout) < 5000
+
+
+def test_plan_plot_stays_readable_at_200_windows(one_video, tmp_path):
+    """At 200+ windows the bars are too narrow for `r=N` labels: only bars wide enough are labelled
+    (the labels once smeared into each other) and a colour key names every ratio."""
+    from flows.plan_plot import MIN_LABEL_PX, draw_plan, plot_plan
+
+    root, vid = one_video
+    rec = open_archive(root, create=False).get_video(vid)
+    windows = [[i * 8, i * 8 + 8, (4, 8, 16)[i % 3]] for i in range(198)] + [[1584, 1800, 2]]  # one wide window
+    rec.plan = json.dumps({"planner": "dynamic", "tokens_per_frame": 144, "windows": windows, "params": {},
+                           "extras": {}})
+    rec.sampled_times = [float(i) for i in range(1800)]
+    fig = draw_plan(rec)
+    ax = fig.axes[-1]
+    labels = [t.get_text() for t in ax.texts]
+    assert labels == ["r=2"]  # 8 s of 1800 s is ~5 px wide: unlabelled; the 216 s window is labelled
+    key = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert key == ["ratio 2 (1 windows)", "ratio 4 (66 windows)", "ratio 8 (66 windows)", "ratio 16 (66 windows)"]
+    assert MIN_LABEL_PX > 8 * fig.get_figwidth() * fig.dpi / 1800
+    out = plot_plan(rec, tmp_path / "plan.png")
+    assert out.stat().st_size > 1000

@@ -308,3 +308,31 @@ def test_a_video_leased_by_another_live_run_is_not_encoded_twice(ray_session, co
     again = run_index(videos, uri, make_options("tiny", **OPTS), reuse_workers=True)
     assert [v["video_id"] for v in again.indexed] == [busy]
     assert open_archive(uri).list_leases() == []  # released as each video was written
+
+
+def test_progress_inside_a_video_while_it_encodes(ray_session):
+    """An encode worker answers `progress` (its own concurrency group) while `encode` runs: the
+    driver shows windows done, frames/s and an ETA inside a long video (it once showed `0/1 ...
+    0.0 frames/s` for the whole of a 2.5-minute encode)."""
+    import numpy as np
+
+    from tasks.index import encode_progress
+    from tasks.workers import PROGRESS_GROUP, PlanSpec, encode_worker_class
+
+    worker = encode_worker_class().options(num_cpus=1).remote("tiny", PlanSpec(chunking="fixed", ratio=8))
+    ray_session.get(worker.ready.remote())
+    frames = np.random.default_rng(0).integers(0, 255, (160, 64, 64, 3), dtype=np.uint8)  # 16 windows
+    ref = worker.encode.remote({"path": "/videos/long.mp4"}, frames)
+    seen = []
+    while not ray_session.wait([ref], timeout=0.2)[0]:
+        p = ray_session.get(worker.progress.options(concurrency_group=PROGRESS_GROUP).remote(), timeout=10)
+        if p and p["windows_total"]:
+            seen.append(p)
+    assert ray_session.get(ref)["ok"]
+    mid = [p for p in seen if 0 < p["windows_done"] < p["windows_total"]]
+    assert mid, f"no progress seen while encoding: {seen}"
+    shown = encode_progress(mid[-1])
+    assert shown["video"] == "/videos/long.mp4" and shown["windows_total"] == 16 and shown["frames_total"] == 160
+    assert shown["frames_per_s"] > 0 and shown["eta_s"] is not None and shown["eta_s"] >= 0
+    assert ray_session.get(worker.progress.options(concurrency_group=PROGRESS_GROUP).remote()) is None  # idle
+    ray_session.kill(worker)
