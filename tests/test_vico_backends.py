@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from vico_synth.captioners import CAPTIONERS, HFVLMCaptioner, VideoXLCaptioner, make_captioner
+from vico_synth.captioners import CAPTIONERS, CaptionerError, HFVLMCaptioner, VideoXLCaptioner, make_captioner
 from vico_synth.clips import Clip, ClipInput, clip_spans
 from vico_synth.extractors import (
     EXTRACTORS,
@@ -238,8 +238,8 @@ def test_hf_vlm_loading_errors_and_frame_sampling(tmp_path):
     assert np.array_equal(picked, clip.frames[[0, 3, 6, 9]])
     small = _clip_inputs(n_clips=1, per_clip=2)[0]
     assert cap.select_frames(small).shape[0] == 2
-    with pytest.raises(Exception):  # noqa: B017 - the empty config is not a loadable model
-        cap.caption(clip)
+    with pytest.raises(CaptionerError, match="not a loadable image-text-to-text model folder"):
+        cap.caption(clip)  # an empty config.json is not a model: a typed error naming the folder
 
 
 @pytest.fixture(scope="module")

@@ -336,10 +336,14 @@ class HFVLMCaptioner(Captioner):
             from transformers import AutoModelForImageTextToText, AutoProcessor
 
             device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-            self._processor = AutoProcessor.from_pretrained(str(self.path), local_files_only=True)
-            self._model = AutoModelForImageTextToText.from_pretrained(
-                str(self.path), local_files_only=True, dtype=_torch_dtype(self.dtype)
-            ).to(device).eval()
+            try:  # transformers raises ValueError/OSError for a folder it cannot load (documented)
+                self._processor = AutoProcessor.from_pretrained(str(self.path), local_files_only=True)
+                self._model = AutoModelForImageTextToText.from_pretrained(
+                    str(self.path), local_files_only=True, dtype=_torch_dtype(self.dtype)
+                ).to(device).eval()
+            except (ValueError, OSError) as exc:
+                raise CaptionerError(f"hf-vlm: {self.path} is not a loadable image-text-to-text model folder "
+                                     f"(processor and weights): {exc}") from exc
         return self._model, self._processor
 
     def select_frames(self, clip: ClipInput) -> np.ndarray:
