@@ -93,6 +93,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, include_
             ctx = ray.init(address=address, **kwargs)
             started = False
         else:
+            _start_reaper()  # a SIGKILL of this process (even now, mid start-up) leaves no Ray process behind
             # "local": always a new private instance, never a cluster someone started on this machine
             # with `ray start` (ray.init() with no address would join it; issue 15). Its dashboard
             # listens on 127.0.0.1 only.
@@ -119,6 +120,24 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, include_
     if url and not url.startswith("http"):
         url = "http://" + url
     return _info(address or "local", started, url)
+
+
+_REAPER_FOR: int | None = None
+
+
+def _start_reaper() -> None:
+    """Start `tasks.reaper` for this process, once (it outlives a SIGKILL of this process and then
+    kills the private Ray's processes this process left)."""
+    global _REAPER_FOR
+    if _REAPER_FOR == os.getpid():
+        return
+    from tasks.reaper import start
+
+    try:
+        start()
+    except OSError:  # no watcher: a normal exit still shuts Ray down
+        return
+    _REAPER_FOR = os.getpid()
 
 
 def _info(address: str, started: bool, url: str | None) -> RayInfo:

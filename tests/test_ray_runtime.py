@@ -83,3 +83,59 @@ ray.shutdown()
             head.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
+
+
+DRIVER = """
+import sys, time
+from tasks.ray_runtime import ensure_ray
+ensure_ray(num_cpus=1, include_dashboard=True)
+print("UP", flush=True)
+time.sleep(600)
+"""
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["during_start_up", "running"])
+def test_sigkill_of_the_driver_leaves_no_ray_process(when):
+    """SIGKILL of a driver that started a private Ray, mid start-up (as soon as the raylet exists)
+    or once running: within seconds nothing it started is left (the reported case left
+    `ray::DashboardAgent` and `ray::RuntimeEnvAgent` orphaned, listening on ports)."""
+    from tasks.reaper import _stat, descendants
+
+    drv = subprocess.Popen([sys.executable, "-c", DRIVER], cwd=REPO, env=_env(), stdout=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        seen: dict[int, int] = {}
+        while time.monotonic() < deadline:
+            seen.update(descendants([drv.pid]))
+            names = " ".join(_cmdline(p) for p in seen)
+            if when == "during_start_up" and "raylet" in names:
+                break
+            if when == "running" and "ray::DashboardAgent" in names and "ray::RuntimeEnvAgent" in names:
+                time.sleep(2)
+                seen.update(descendants([drv.pid]))
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"Ray did not start: {[_cmdline(p) for p in seen]}")
+        os.kill(drv.pid, signal.SIGKILL)
+        drv.wait(10)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            alive = {p: _cmdline(p) for p, t in seen.items() if (st := _stat(p)) is not None and st[1] == t}
+            if not alive:
+                break
+            time.sleep(0.5)
+        assert not alive, f"left running after the driver's SIGKILL: {alive}"
+    finally:
+        if drv.poll() is None:
+            os.killpg(drv.pid, signal.SIGKILL)
