@@ -187,6 +187,23 @@ class VerifyReport:
         return not self.problems
 
 
+def _dead_local_owner(owner: str) -> bool:
+    """True when a lease owner `host:pid:run` names this host and a process that no longer exists."""
+    import socket
+
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 def _ts(t: datetime) -> str:
     """A SQL timestamp literal (UTC, microseconds) for Lance filters and merge conditions."""
     return f"timestamp '{t.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S.%f')}'"
@@ -442,6 +459,8 @@ class Archive:
         One conditional `merge_insert` (insert, or take over an expired lease or one already ours),
         then a read-back: of concurrent callers exactly one finds its own name in the row (Lance
         re-runs a conflicting merge against the winner's commit, whose lease is then unexpired).
+        A lease whose owner (`host:pid:...`) is a dead process on this host is taken over at once
+        (a rerun right after a killed run must not wait for the expiry).
 
         Returns:
             None when `owner` now holds the lease; else the holder's owner string.
@@ -458,6 +477,14 @@ class Archive:
                .execute(_table_from_rows([row], LEASES_SCHEMA)), f"lease {video_id}")
         got = self._ds("leases").to_table(columns=["owner"], filter=f"key = {_q(key)}").to_pylist()
         holder = got[0]["owner"] if got else None
+        if holder is not None and holder != owner and _dead_local_owner(holder):
+            # its run was killed on this machine: take the lease over now instead of after its expiry
+            # (conditional on the row still naming that dead owner)
+            cond = f"target.owner = {_q(holder)}"
+            _retry(lambda: tbl.merge_insert("key").when_matched_update_all(where=cond)
+                   .execute(_table_from_rows([row], LEASES_SCHEMA)), f"lease {video_id}")
+            got = self._ds("leases").to_table(columns=["owner"], filter=f"key = {_q(key)}").to_pylist()
+            holder = got[0]["owner"] if got else None
         return None if holder == owner else (holder or "unknown")
 
     def renew_leases(self, keys: Sequence[tuple[str, str]], owner: str, ttl_s: float) -> None:

@@ -24,7 +24,8 @@ SCRIPT = textwrap.dedent("""
     from tasks.ray_runtime import ensure_ray
     # the decode fault is installed in each Ray worker by the tests' own hook (the decoder has none)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={{"worker_process_setup_hook": "tests.fault_hooks.install_decode_fault"}})
+             runtime_env={{"env_vars": {{"PYTHONPATH": {repo!r}}},
+                          "worker_process_setup_hook": "tests.fault_hooks.install_decode_fault"}})
     ensure_ray()  # joins the Ray initialised above
     rep = run_index([{videos!r}], {archive!r}, make_options("tiny", max_frames=6, workers=1, decode_timeout_s=12.0))
     print(json.dumps({{"exit": rep.exit_code, "indexed": [v["source_uri"] for v in rep.indexed],

@@ -206,3 +206,23 @@ def test_concurrent_runs_lease_each_video_once(tmp_path):
     assert arch.acquire_lease("v0", FP, "late", 60.0) is None
     arch.release_leases([("v0", FP)], "someone-else")  # only the holder releases
     assert [r["owner"] for r in arch.list_leases() if r["video_id"] == "v0"] == ["late"]
+
+
+def test_a_dead_local_owners_lease_is_taken_over_at_once(tmp_path):
+    """A rerun right after a killed run on the same machine does not wait for the lease to expire:
+    a lease whose owner is a dead process on this host is taken over; a live one is not."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    arch = open_archive(tmp_path / "a")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = f"{socket.gethostname()}:{int(gone.stdout)}:run-killed"
+    alive = f"{socket.gethostname()}:{os.getpid()}:run-alive"
+    assert arch.acquire_lease("v1", FP, dead, 600.0) is None
+    assert arch.acquire_lease("v2", FP, alive, 600.0) is None
+    assert arch.acquire_lease("v1", FP, "rerun", 600.0) is None  # its process is gone
+    assert arch.acquire_lease("v2", FP, "rerun", 600.0) == alive  # this process is alive
+    assert arch.acquire_lease("v3", FP, "otherhost:1:run", 600.0) is None
+    assert arch.acquire_lease("v3", FP, "rerun", 600.0) == "otherhost:1:run"  # not ours to judge: wait
