@@ -32,6 +32,30 @@ def _stat(pid: int) -> tuple[int, int] | None:
     return int(rest[1]), int(rest[19])
 
 
+def _pgrp_start(pid: int) -> tuple[int, int] | None:
+    """(process group, start time in clock ticks) of `pid`, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    rest = data[data.rindex(b")") + 2:].split()
+    return int(rest[2]), int(rest[19])
+
+
+def _late_group_members(pgrp: int, after: int, me: int) -> dict[int, int]:
+    """{pid: start} of processes in group `pgrp` started at or after tick `after` (not `me`): what the
+    driver started since the watcher began (Ray's processes inherit the driver's group), even those
+    spawned in the last interval before the driver died."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != me:
+            st = _pgrp_start(int(name))
+            if st is not None and st[0] == pgrp and st[1] >= after:
+                out[int(name)] = st[1]
+    return out
+
+
 def _children() -> dict[int, list[int]]:
     kids: dict[int, list[int]] = {}
     for name in os.listdir("/proc"):
@@ -80,11 +104,18 @@ def watch(driver: int) -> list[int]:
     first = _stat(driver)
     if first is None:
         return []
+    mine = _pgrp_start(me)
+    try:
+        pgrp = os.getpgid(driver)
+    except OSError:
+        pgrp = None
     known: dict[int, int] = {}
     while (st := _stat(driver)) is not None and st[1] == first[1]:
         known.update({p: t for p, t in descendants([driver]).items() if p != me})
         known = {p: t for p, t in known.items() if (s := _stat(p)) is not None and s[1] == t}
         time.sleep(INTERVAL_S)
+    if pgrp is not None and mine is not None:
+        known.update(_late_group_members(pgrp, mine[1], me))
     return reap(known)
 
 
