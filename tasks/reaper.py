@@ -21,26 +21,27 @@ import time
 INTERVAL_S = 0.5
 
 
-def _stat(pid: int) -> tuple[int, int] | None:
-    """(parent pid, start time in clock ticks) of `pid`, or None when it is gone."""
+def _proc(pid: int) -> tuple[int, int, int] | None:
+    """(parent pid, process group, start time in clock ticks) of `pid`, or None when it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
     except OSError:
         return None
     rest = data[data.rindex(b")") + 2:].split()  # fields after "pid (comm)"
-    return int(rest[1]), int(rest[19])
+    return int(rest[1]), int(rest[2]), int(rest[19])
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, start time in clock ticks) of `pid`, or None when it is gone."""
+    st = _proc(pid)
+    return None if st is None else (st[0], st[2])
 
 
 def _pgrp_start(pid: int) -> tuple[int, int] | None:
     """(process group, start time in clock ticks) of `pid`, or None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    rest = data[data.rindex(b")") + 2:].split()
-    return int(rest[2]), int(rest[19])
+    st = _proc(pid)
+    return None if st is None else (st[1], st[2])
 
 
 def _late_group_members(pgrp: int, after: int, me: int) -> dict[int, int]:
