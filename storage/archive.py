@@ -23,7 +23,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from model.memory import VSTMemory, WindowSpan
-from storage import codec, kvcodec
+from storage import blobread, codec, kvcodec
 from storage.errors import (
     AmbiguousVideoId,
     ArchiveError,
@@ -263,47 +263,6 @@ def _table_from_rows(rows: list[dict], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pydict(cols, schema=schema)
 
 
-def _pread_blobs(locations: list[tuple[str, int, int]]) -> list[np.ndarray]:
-    """Read each (file, offset, size) as a uint8 array, in the order given.
-
-    Ranges of one file that touch or overlap are read with one `preadv` into one buffer and returned
-    as views of it (a memory's windows are written one after another, so a whole memory is usually
-    one read per file instead of one per window: 360 windows of a 60-minute video -> 1 read).
-    """
-    out: list[np.ndarray | None] = [None] * len(locations)
-    order = sorted(range(len(locations)), key=lambda i: (locations[i][0], locations[i][1]))
-    groups: list[tuple[str, int, int, list[int]]] = []  # (path, start, end, members)
-    for i in order:
-        path, offset, size = locations[i]
-        if groups and groups[-1][0] == path and offset <= groups[-1][2]:
-            g = groups[-1]
-            groups[-1] = (path, g[1], max(g[2], offset + size), g[3] + [i])
-        else:
-            groups.append((path, offset, offset + size, [i]))
-    fds: dict[str, int] = {}
-    try:
-        for path, start, end, members in groups:
-            fd = fds.get(path)
-            if fd is None:
-                fd = fds[path] = os.open(path, os.O_RDONLY)
-            if start < 0 or end > os.fstat(fd).st_size:  # a bad location never sizes an allocation
-                raise OSError(f"{path}: blob range {start}..{end} lies outside the file ({os.fstat(fd).st_size} bytes)")
-            buf = np.empty(end - start, dtype=np.uint8)  # (bytes,)
-            view, done = memoryview(buf), 0
-            while done < end - start:
-                n = os.preadv(fd, [view[done:]], start + done)
-                if n <= 0:
-                    raise OSError(f"{path}: blob range ends after {done} of {end - start} bytes")
-                done += n
-            for i in members:
-                _, offset, size = locations[i]
-                out[i] = buf[offset - start : offset - start + size]  # a view: no copy
-    finally:
-        for fd in fds.values():
-            os.close(fd)
-    return out
-
-
 def _dedupe(rows: Iterable[dict], key: str) -> list[dict]:
     out: dict[str, dict] = {}
     for r in rows:
@@ -313,6 +272,143 @@ def _dedupe(rows: Iterable[dict], key: str) -> list[dict]:
 
 VIDEO_ID_SCHEME = "xxh3-128:"
 """Prefix of every video id (`tasks.video.video_id`: XXH3-128 of the file's bytes)."""
+
+
+_SCAN_ROWS = 4096
+"""rows per record batch in maintenance scans (`verify`, `stats`, `compact`, id sets)."""
+_VERIFY_BLOB_BYTES = 64 << 20
+"""blob bytes `verify` reads per Lance call (one window of Video-XL-7B at ratio 8 is ~10 MB)."""
+_COMPACT_ROWS = 65_536
+"""rows per fragment written by `compact`. Lance's compaction holds about one output fragment in
+memory, so this bounds `compact`'s memory whatever the table's size (measured: 124,000 `vst_kv` rows
+with 512-float embeddings, one task of 1M rows by default: +475 MB; 32,768-row fragments: +220 MB;
+bench/archive_maintenance.py, docs/PERFORMANCE.md). The vxl tables have no indices to optimise."""
+_VERIFY_KV_COLUMNS = ["key", "video_id", "model_fingerprint", "write_id", "window", "num_tokens", "dtype", "shape",
+                      "nbytes", "checksum", "kv_codec"]
+"""the `vst_kv` columns `verify` checks (no CLIP embedding, no spans)."""
+
+
+
+def prepare_write(record: VideoRecord, memory: VSTMemory, window_embeddings: np.ndarray | None = None,
+                  kv_codec: str | None = None) -> tuple[VideoRecord, pa.Table]:
+    """Step 0 of `Archive.put`: the committed-to-be `videos` record and its `vst_kv` rows under a
+    fresh write_id (nothing written). Also used to build synthetic archives in bulk
+    (`bench/archive_maintenance.py`). Args and errors: as `Archive.put`."""
+    write_id = uuid.uuid4().hex
+    now = datetime.now(UTC)
+    kvc = kvcodec.get_codec(kv_codec)
+    kv = codec.memory_to_arrow(
+        memory,
+        video_id=record.video_id,
+        fingerprint=record.model_fingerprint,
+        write_id=write_id,
+        window_embeddings=window_embeddings,
+        written_at=now,
+        kv_codec=kvc,
+    )
+    rec = dataclasses.replace(
+        record,
+        status=STATUS_INDEXED,
+        error_kind=None,
+        error=None,
+        num_windows=len(memory.windows),
+        num_vst_tokens=memory.num_vst,
+        kv_bytes=sum(kv.column("nbytes").to_pylist()),
+        kv_raw_bytes=memory.nbytes,
+        kv_codec=kvc.name,
+        dtype=codec.dtype_name(memory.dtype),
+        memory_meta=codec.meta_to_json(memory.meta),
+        indexed_at=record.indexed_at or now,
+        write_id=write_id,
+    )
+    return rec, kv
+
+
+class _WriteCheck:
+    """Streaming invariant check of one committed write: running aggregates of its K/V rows, a few
+    hundred bytes per video whatever its window count (window indices kept as a bitmask)."""
+
+    __slots__ = ("key", "num_windows", "num_vst_tokens", "kv_bytes", "codec", "kv_raw_bytes", "sinks", "mask",
+                 "dups", "extra", "tokens", "nbytes", "raw", "codecs", "geo", "row_problems")
+
+    def __init__(self, key: str, video: dict) -> None:
+        self.key = key
+        self.num_windows = int(video["num_windows"] or 0)
+        self.num_vst_tokens = video["num_vst_tokens"]
+        self.kv_bytes = video["kv_bytes"]
+        self.codec = video["kv_codec"] or kvcodec.RAW.name
+        self.kv_raw_bytes = video["kv_raw_bytes"]
+        self.sinks = self.mask = self.tokens = self.nbytes = self.raw = 0
+        self.dups: tuple[int, ...] = ()
+        self.extra: tuple[int, ...] = ()
+        self.codecs: tuple[str, ...] = ()
+        self.geo: tuple[tuple, ...] = ()
+        self.row_problems: list[Problem] | None = None
+
+    def _bad(self, window: int | None, detail: str) -> None:
+        vid, fp = self.key.split("/", 1)
+        if self.row_problems is None:
+            self.row_problems = []
+        self.row_problems.append(Problem(vid, fp, window, "invariant", detail))
+
+    def add(self, m: dict) -> bool:
+        """Account for K/V row `m`; False when the row itself is malformed (its blob is not read)."""
+        w = int(m["window"])
+        if w == SINK_WINDOW:
+            self.sinks += 1
+        else:
+            self.tokens += int(m["num_tokens"])
+            if 0 <= w < self.num_windows:
+                if self.mask >> w & 1 and len(self.dups) < 10:
+                    self.dups += (w,)
+                self.mask |= 1 << w
+            elif len(self.extra) < 10:
+                self.extra += (w,)
+        self.nbytes += int(m["nbytes"])
+        c = codec.row_codec(m)
+        if c not in self.codecs:
+            self.codecs += (c,)
+        shape = list(m["shape"] or [])
+        g = (m["dtype"], *shape[:3], *shape[4:5])
+        if g not in self.geo:
+            self.geo += (g,)
+        if m["dtype"] not in codec.DTYPES or len(shape) != 5 or shape[1] != 2:
+            self._bad(w, f"bad dtype/shape {m['dtype']} {shape}")
+            return False
+        self.raw += codec.raw_nbytes(m)
+        try:
+            codec.check_row(m)
+        except CorruptBlob as exc:
+            self._bad(w, f"shape {shape} disagrees with num_tokens {m['num_tokens']} / nbytes {m['nbytes']} ({exc})")
+            return False
+        return True
+
+    def problems(self) -> list[Problem]:
+        """Every invariant problem of the write (row problems first, then the totals)."""
+        out = list(self.row_problems or [])
+        vid, fp = self.key.split("/", 1)
+
+        def bad(window, detail):
+            out.append(Problem(vid, fp, window, "invariant", detail))
+
+        if self.sinks != 1:
+            bad(SINK_WINDOW, f"{self.sinks} sink rows, expected 1")
+        n = self.num_windows
+        if self.mask != (1 << n) - 1 or self.dups or self.extra:
+            missing = [i for i in range(n) if not self.mask >> i & 1]
+            bad(missing[0] if missing else None, f"window rows: missing {missing[:10]}, duplicated "
+                f"{list(self.dups)}, out of range {list(self.extra)}; expected 0..{n - 1} once each")
+        if self.tokens != self.num_vst_tokens:
+            bad(None, f"window tokens sum to {self.tokens}, videos says {self.num_vst_tokens}")
+        if self.nbytes != self.kv_bytes:
+            bad(None, f"blob bytes sum to {self.nbytes}, videos says {self.kv_bytes}")
+        if not set(self.codecs) <= {self.codec, kvcodec.RAW.name}:
+            bad(None, f"rows hold codecs {sorted(self.codecs)}, videos says {self.codec}")
+        if len(self.geo) > 1:
+            bad(None, f"rows disagree on dtype/geometry: {sorted(self.geo, key=str)}")
+        if self.kv_raw_bytes is not None and self.raw != self.kv_raw_bytes:
+            bad(None, f"raw sizes of the rows sum to {self.raw}, videos says kv_raw_bytes {self.kv_raw_bytes}")
+        return out
 
 
 class Archive:
@@ -553,10 +649,8 @@ class Archive:
         return VideoRecord.from_row(rows[-1])
 
     def _ids(self, fingerprint: str, status: str) -> set[str]:
-        rows = self._video_rows(
-            f"model_fingerprint = {_q(fingerprint)} AND status = {_q(status)}", columns=["video_id"]
-        )
-        return {r["video_id"] for r in rows}
+        where = f"model_fingerprint = {_q(fingerprint)} AND status = {_q(status)}"
+        return {r["video_id"] for rows in self._scan(self._ds("videos"), ["video_id"], filter=where) for r in rows}
 
     def indexed_ids(self, fingerprint: str) -> set[str]:
         """video_ids with an indexed memory for `fingerprint`."""
@@ -605,33 +699,7 @@ class Archive:
             ValueError: memory fingerprint differs from the record's, unsupported dtype or codec,
                 bad embeddings.
         """
-        write_id = uuid.uuid4().hex
-        now = datetime.now(UTC)
-        kvc = kvcodec.get_codec(kv_codec)
-        kv = codec.memory_to_arrow(
-            memory,
-            video_id=record.video_id,
-            fingerprint=record.model_fingerprint,
-            write_id=write_id,
-            window_embeddings=window_embeddings,
-            written_at=now,
-            kv_codec=kvc,
-        )
-        rec = dataclasses.replace(
-            record,
-            status=STATUS_INDEXED,
-            error_kind=None,
-            error=None,
-            num_windows=len(memory.windows),
-            num_vst_tokens=memory.num_vst,
-            kv_bytes=sum(kv.column("nbytes").to_pylist()),
-            kv_raw_bytes=memory.nbytes,
-            kv_codec=kvc.name,
-            dtype=codec.dtype_name(memory.dtype),
-            memory_meta=codec.meta_to_json(memory.meta),
-            indexed_at=record.indexed_at or now,
-            write_id=write_id,
-        )
+        rec, kv = prepare_write(record, memory, window_embeddings, kv_codec)
         self._write_and_commit(rec, kv)
         return rec
 
@@ -784,40 +852,8 @@ class Archive:
         return rec
 
     def _blob_location(self, ds, row: dict) -> tuple[str, int, int] | None:
-        """(file, offset, size) of a row's `kv` blob in a local Lance blob v2 sidecar file, or None.
-
-        Lance blob v2 keeps each blob's descriptor in the data file (`kind`, `position`, `size`,
-        `blob_id`): kind 0 = inline, the bytes at `position` in the data file itself (small blobs);
-        kind 1 = packed in a shared sidecar, kind 2 = a dedicated sidecar, the bytes in
-        `data/<data file stem>/<blob_id bit-reversed, as 32 binary digits>.blob`. Anything else
-        (external blobs, object stores, several data files) gives None: Lance reads it.
-        The location is only a hint: every blob read through it is checked against its size and
-        xxh3 checksum, and `load_memory` re-reads through Lance when a check fails.
-        """
-        desc = row.get("kv")
-        if not isinstance(desc, dict) or desc.get("kind") not in (0, 1, 2) or desc.get("blob_uri"):
-            return None
-        if int(desc["size"]) != int(row["nbytes"]):
-            return None
-        frag = int(row["_rowaddr"]) >> 32
-        if frag not in self._frag_files:
-            path = None
-            try:
-                files = ds.get_fragment(frag).metadata.files
-                if len(files) == 1 and getattr(files[0], "base_id", None) is None:
-                    path = files[0].path
-            except (OSError, RuntimeError, ValueError, AttributeError):
-                path = None
-            self._frag_files[frag] = path
-        path = self._frag_files[frag]
-        if not path or not path.endswith(".lance") or "/" in path:
-            return None
-        if int(desc["kind"]) == 0:  # inline: in the data file itself
-            return (os.path.join(self._local_root, "vst_kv.lance", "data", path), int(desc["position"]),
-                    int(desc["size"]))
-        name = f"{int(desc['blob_id']) & 0xFFFFFFFF:032b}"[::-1] + ".blob"  # blob_id.reverse_bits()
-        return (os.path.join(self._local_root, "vst_kv.lance", "data", path[: -len(".lance")], name),
-                int(desc["position"]), int(desc["size"]))
+        """(file, offset, size) of a row's blob in a local sidecar, or None (`storage.blobread`)."""
+        return blobread.blob_location(ds, row, self._local_root, self._frag_files)
 
     def _kv_meta(self, rec: VideoRecord, ds, *, cached: bool = True) -> list[dict]:
         """Metadata rows (with `_rowaddr`, and `_blob` locations when local) of the committed write
@@ -909,9 +945,10 @@ class Archive:
         """
         try:
             return self._load(video_id, fingerprint, windows, cached=True, device=device)
-        except (CorruptBlob, OSError, RuntimeError):
+        except (CorruptBlob, OSError, RuntimeError) as exc:
             # A cached row address gone stale, a sidecar removed by `compact`, or real corruption:
             # read again with fresh scans and through Lance only; a real fault raises from here.
+            blobread.note_fallback(video_id, fingerprint, exc)
             self._video_cache.pop(video_id, None)
             for k in [k for k in list(self._kv_cache) if k[0] == f"{video_id}/{fingerprint}"]:
                 self._kv_cache.pop(k, None)
@@ -953,23 +990,9 @@ class Archive:
 
     @staticmethod
     def _read_blobs(ds, rows: list[dict]) -> list[Any]:
-        """The `kv` bytes of `rows`, in order: rows with a `_blob` location are read directly from
-        their local sidecar file, the others (small inline blobs, object stores) with Lance's
-        `read_blobs` by row address (or row id). Nothing else is read; the caller checks sizes and
-        checksums."""
-        out: list[Any] = [None] * len(rows)
-        direct = [i for i, r in enumerate(rows) if "_blob" in r]
-        for i, buf in zip(direct, _pread_blobs([rows[i]["_blob"] for i in direct]), strict=True):
-            out[i] = buf
-        rest = [i for i, r in enumerate(rows) if "_blob" not in r]
-        if rest:
-            if all("_rowaddr" in rows[i] for i in rest):
-                got = ds.read_blobs("kv", addresses=[rows[i]["_rowaddr"] for i in rest], preserve_order=True)
-            else:
-                got = ds.read_blobs("kv", ids=[rows[i]["_rowid"] for i in rest], preserve_order=True)
-            for i, (_, b) in zip(rest, got, strict=True):
-                out[i] = b
-        return out
+        """The `kv` bytes of `rows`, in order (`storage.blobread.read_blobs`: direct reads of local
+        sidecars where a row has a `_blob` location, Lance `read_blobs` for the others)."""
+        return blobread.read_blobs(ds, rows)
 
     def window_embeddings(self, video_id: str, fingerprint: str) -> tuple[np.ndarray | None, list[WindowSpan]]:
         """Per-window CLIP embeddings and spans, without reading any K/V blob.
@@ -1007,97 +1030,97 @@ class Archive:
         _retry(lambda: self._table("vst_kv").delete(where), f"rm K/V of {video_id}")
         return n
 
-    # -- maintenance --------------------------------------------------------------------------
+    # -- maintenance: streamed scans, memory bounded by a record batch, not by the table ---------
+    def _scan(self, ds, columns: list[str], **kw) -> Iterator[list[dict]]:
+        """Rows of snapshot `ds` (`columns` only), `_SCAN_ROWS` at a time as lists of dicts."""
+        for batch in ds.to_batches(columns=columns, batch_size=_SCAN_ROWS, **kw):
+            yield batch.to_pylist()
+
+    def _live_writes(self, columns: list[str]) -> tuple[dict[str, int], dict[tuple[str, str], dict]]:
+        """Streamed over `videos`: rows per key, and the indexed rows (`columns`) by (key, write_id)."""
+        seen: dict[str, int] = {}
+        live: dict[tuple[str, str], dict] = {}
+        for rows in self._scan(self._ds("videos"), sorted({"key", "status", "write_id", *columns})):
+            for r in rows:
+                seen[r["key"]] = seen.get(r["key"], 0) + 1
+                if r["status"] == STATUS_INDEXED:
+                    live[(r["key"], r["write_id"])] = {c: r[c] for c in columns}
+        return seen, live
+
     def verify(self, *, check_blobs: bool = True) -> VerifyReport:
         """Re-check every committed blob's checksum and every video's invariants.
 
         Invariants per indexed video: one sink row, window rows 0..num_windows-1 (unique),
         sum of window tokens = num_vst_tokens, sum of blob bytes = kv_bytes, one dtype and
-        (L, 2, Hkv, *, D) geometry, shape[3] = num_tokens, nbytes = prod(shape) * itemsize.
-        Rows of uncommitted writes are counted as garbage, not problems.
+        (L, 2, Hkv, *, D) geometry, shape[3] = num_tokens, nbytes = prod(shape) * itemsize, raw
+        sizes sum to kv_raw_bytes. Rows of uncommitted writes are counted as garbage, not problems.
+
+        Streams both tables in record batches of `_SCAN_ROWS` rows (only the columns checked; no
+        `plan`, no CLIP embeddings) and reads blobs `_VERIFY_BLOB_BYTES` (or `_SCAN_ROWS` blobs) at a
+        time: memory is one small aggregate per indexed video plus one batch (`bench/archive_maintenance.py`,
+        docs/PERFORMANCE.md: 100,000 videos x 30 windows).
         """
         rep = VerifyReport()
-        vids = self._ds("videos").to_table().to_pylist()
-        seen: dict[str, int] = {}
-        for r in vids:
-            seen[r["key"]] = seen.get(r["key"], 0) + 1
+        seen, live = self._live_writes(["num_windows", "num_vst_tokens", "kv_bytes", "kv_codec", "kv_raw_bytes"])
         for key, n in seen.items():
             if n > 1:
                 vid, fp = key.split("/", 1)
                 rep.problems.append(Problem(vid, fp, None, "duplicate", f"{n} videos rows for key {key}"))
+        checks = {k: _WriteCheck(k[0], v) for k, v in live.items()}
+        del live
         ds = self._ds("vst_kv")
-        meta = ds.to_table(columns=VST_KV_META_COLUMNS, with_row_id=True).to_pylist()
-        by_write: dict[tuple[str, str], list[dict]] = {}
-        for m in meta:
-            by_write.setdefault((m["key"], m["write_id"]), []).append(m)
-        live = set()
-        for r in vids:
-            if r["status"] != STATUS_INDEXED:
-                continue
+        pending: list[dict] = []
+        pending_bytes = 0
+        for rows in self._scan(ds, _VERIFY_KV_COLUMNS, with_row_address=True):
+            for m in rows:
+                chk = checks.get((m["key"], m["write_id"]))
+                if chk is None:
+                    rep.garbage_rows += 1
+                    continue
+                if chk.add(m) and check_blobs:
+                    pending.append(m)
+                    pending_bytes += int(m["nbytes"])
+                    if pending_bytes >= _VERIFY_BLOB_BYTES or len(pending) >= _SCAN_ROWS:
+                        self._verify_blobs(ds, pending, rep)
+                        pending, pending_bytes = [], 0
+        if pending:
+            self._verify_blobs(ds, pending, rep)
+        for chk in checks.values():
             rep.videos_checked += 1
-            rec = VideoRecord.from_row(r)
-            live.add((rec.key, rec.write_id))
-            rows = sorted(by_write.get((rec.key, rec.write_id), []), key=lambda m: m["window"])
-            rep.problems.extend(self._check_invariants(rec, rows))
-            if check_blobs:
-                for row in rows:
-                    try:
-                        codec.check_row(row)
-                        blob = self._read_blobs(ds, [row])[0]
-                        codec.check_blob(row, blob)
-                        rep.blobs_checked += 1
-                        rep.bytes_checked += int(row["nbytes"])
-                    except CorruptBlob as exc:
-                        msg = str(exc)
-                        kind = "checksum" if "checksum" in msg else "missing" if "missing" in msg else "codec"
-                        rep.problems.append(Problem(rec.video_id, rec.model_fingerprint, row["window"], kind, str(exc)))
-                    except (OSError, RuntimeError, ValueError) as exc:
-                        rep.problems.append(
-                            Problem(rec.video_id, rec.model_fingerprint, row["window"], "missing", f"cannot read blob: {exc}")
-                        )
-        rep.garbage_rows = sum(len(v) for k, v in by_write.items() if k not in live)
+            rep.problems.extend(chk.problems())
         return rep
 
     @staticmethod
-    def _check_invariants(rec: VideoRecord, rows: list[dict]) -> list[Problem]:
-        out: list[Problem] = []
-
-        def bad(window, detail):
-            out.append(Problem(rec.video_id, rec.model_fingerprint, window, "invariant", detail))
-
-        sinks = [m for m in rows if m["window"] == SINK_WINDOW]
-        wins = [m for m in rows if m["window"] != SINK_WINDOW]
-        if len(sinks) != 1:
-            bad(SINK_WINDOW, f"{len(sinks)} sink rows, expected 1")
-        idx = [m["window"] for m in wins]
-        if idx != list(range(rec.num_windows or 0)):
-            missing = sorted(set(range(rec.num_windows or 0)) - set(idx))
-            bad(missing[0] if missing else None, f"window rows {idx}, expected 0..{(rec.num_windows or 0) - 1}")
-        if sum(m["num_tokens"] for m in wins) != rec.num_vst_tokens:
-            bad(None, f"window tokens sum to {sum(m['num_tokens'] for m in wins)}, videos says {rec.num_vst_tokens}")
-        if sum(m["nbytes"] for m in rows) != rec.kv_bytes:
-            bad(None, f"blob bytes sum to {sum(m['nbytes'] for m in rows)}, videos says {rec.kv_bytes}")
-        codecs = {codec.row_codec(m) for m in rows}
-        if not codecs <= {rec.codec_name, kvcodec.RAW.name}:
-            bad(None, f"rows hold codecs {sorted(codecs)}, videos says {rec.codec_name}")
-        geo = {(m["dtype"], m["shape"][0], m["shape"][1], m["shape"][2], m["shape"][4]) for m in rows}
-        if len(geo) > 1:
-            bad(None, f"rows disagree on dtype/geometry: {sorted(geo)}")
-        raw_total = 0
-        for m in rows:
-            shape = m["shape"]
-            if m["dtype"] not in codec.DTYPES or len(shape) != 5 or shape[1] != 2:
-                bad(m["window"], f"bad dtype/shape {m['dtype']} {shape}")
-                continue
-            raw_total += codec.raw_nbytes(m)
+    def _verify_blobs(ds, rows: list[dict], rep: VerifyReport) -> None:
+        """Read `rows`' blobs through Lance in one call and check each against its row (size, xxh3,
+        quantized header); a failed bulk read is retried row by row to name the bad one."""
+        try:
+            blobs = blobread.read_blobs(ds, rows)
+        except (OSError, RuntimeError, ValueError):
+            blobs = None
+        for i, row in enumerate(rows):
             try:
-                codec.check_row(m)
+                blob = blobs[i] if blobs is not None else blobread.read_blobs(ds, [row])[0]
+                codec.check_blob(row, blob)
+                rep.blobs_checked += 1
+                rep.bytes_checked += int(row["nbytes"])
             except CorruptBlob as exc:
-                bad(m["window"], f"shape {shape} disagrees with num_tokens {m['num_tokens']} / nbytes {m['nbytes']} "
-                                 f"({exc})")
-        if rec.kv_raw_bytes is not None and raw_total != rec.kv_raw_bytes:
-            bad(None, f"raw sizes of the rows sum to {raw_total}, videos says kv_raw_bytes {rec.kv_raw_bytes}")
-        return out
+                msg = str(exc)
+                kind = "checksum" if "checksum" in msg else "missing" if "missing" in msg else "codec"
+                rep.problems.append(Problem(row["video_id"], row["model_fingerprint"], row["window"], kind, msg))
+            except (OSError, RuntimeError, ValueError) as exc:
+                rep.problems.append(Problem(row["video_id"], row["model_fingerprint"], row["window"], "missing",
+                                            f"cannot read blob: {exc}"))
+
+    @staticmethod
+    def _check_invariants(rec: VideoRecord, rows: list[dict]) -> list[Problem]:
+        """The invariant problems of one video `rec` with K/V `rows` (`verify` streams the same checks)."""
+        chk = _WriteCheck(rec.key, {"num_windows": rec.num_windows, "num_vst_tokens": rec.num_vst_tokens,
+                                    "kv_bytes": rec.kv_bytes, "kv_codec": rec.kv_codec,
+                                    "kv_raw_bytes": rec.kv_raw_bytes})
+        for m in rows:
+            chk.add(m)
+        return chk.problems()
 
     def _disk_bytes(self) -> dict[str, int] | None:
         if "://" in self.uri and not self.uri.startswith("file://"):
@@ -1118,40 +1141,48 @@ class Archive:
     def stats(self) -> dict[str, Any]:
         """Counts and sizes: videos (indexed/failed), windows, tokens, K/V bytes stored and raw (in
         total and per codec: `kv_codecs[name]` = {videos, kv_bytes, kv_raw_bytes, ratio_to_raw}),
-        disk bytes."""
-        vids = self._ds("videos").to_table(
-            columns=["key", "status", "write_id", "num_windows", "num_vst_tokens", "kv_bytes", "kv_codec",
-                     "kv_raw_bytes"]
-        ).to_pylist()
-        live = {(r["key"], r["write_id"]) for r in vids if r["status"] == STATUS_INDEXED}
-        kv_rows = self._ds("vst_kv").to_table(columns=["key", "write_id"]).to_pylist()
-        garbage = sum(1 for r in kv_rows if (r["key"], r["write_id"]) not in live)
-        indexed = [r for r in vids if r["status"] == STATUS_INDEXED]
-        disk = self._disk_bytes()
-        kv_bytes = sum(r["kv_bytes"] or 0 for r in indexed)
+        disk bytes. Streams both tables (memory: the set of committed writes plus one batch)."""
+        counts = {"videos": 0, "indexed": 0, "failed": 0, "windows": 0, "vst_tokens": 0, "kv_bytes": 0}
+        fingerprints: set[str] = set()
+        live: set[tuple[str, str]] = set()
         per_codec: dict[str, dict[str, Any]] = {}
-        for r in indexed:
-            c = per_codec.setdefault(r["kv_codec"] or "raw", {"videos": 0, "kv_bytes": 0, "kv_raw_bytes": 0})
-            c["videos"] += 1
-            c["kv_bytes"] += r["kv_bytes"] or 0
-            c["kv_raw_bytes"] += r["kv_raw_bytes"] if r["kv_raw_bytes"] is not None else (r["kv_bytes"] or 0)
+        cols = ["key", "status", "write_id", "num_windows", "num_vst_tokens", "kv_bytes", "kv_codec", "kv_raw_bytes"]
+        for rows in self._scan(self._ds("videos"), cols):
+            for r in rows:
+                counts["videos"] += 1
+                fingerprints.add(r["key"].split("/", 1)[1])
+                if r["status"] == STATUS_FAILED:
+                    counts["failed"] += 1
+                if r["status"] != STATUS_INDEXED:
+                    continue
+                live.add((r["key"], r["write_id"]))
+                counts["indexed"] += 1
+                counts["windows"] += r["num_windows"] or 0
+                counts["vst_tokens"] += r["num_vst_tokens"] or 0
+                counts["kv_bytes"] += r["kv_bytes"] or 0
+                c = per_codec.setdefault(r["kv_codec"] or "raw", {"videos": 0, "kv_bytes": 0, "kv_raw_bytes": 0})
+                c["videos"] += 1
+                c["kv_bytes"] += r["kv_bytes"] or 0
+                c["kv_raw_bytes"] += r["kv_raw_bytes"] if r["kv_raw_bytes"] is not None else (r["kv_bytes"] or 0)
+        kv_rows = garbage = 0
+        for rows in self._scan(self._ds("vst_kv"), ["key", "write_id"]):
+            kv_rows += len(rows)
+            garbage += sum(1 for r in rows if (r["key"], r["write_id"]) not in live)
         for c in per_codec.values():
             c["ratio_to_raw"] = c["kv_bytes"] / c["kv_raw_bytes"] if c["kv_raw_bytes"] else None
+        kv_bytes = counts["kv_bytes"]
         kv_raw = sum(c["kv_raw_bytes"] for c in per_codec.values())
-        out = {
+        disk = self._disk_bytes()
+        return {
             "uri": self.uri,
             "format_version": FORMAT_VERSION,
-            "videos": len(vids),
-            "indexed": len(indexed),
-            "failed": sum(1 for r in vids if r["status"] == STATUS_FAILED),
-            "fingerprints": len({r["key"].split("/", 1)[1] for r in vids}),
-            "windows": sum(r["num_windows"] or 0 for r in indexed),
-            "vst_tokens": sum(r["num_vst_tokens"] or 0 for r in indexed),
-            "kv_bytes": kv_bytes,
+            **{k: counts[k] for k in ("videos", "indexed", "failed")},
+            "fingerprints": len(fingerprints),
+            **{k: counts[k] for k in ("windows", "vst_tokens", "kv_bytes")},
             "kv_raw_bytes": kv_raw,
             "kv_over_raw": kv_bytes / kv_raw if kv_raw else None,
             "kv_codecs": dict(sorted(per_codec.items())),
-            "vst_kv_rows": len(kv_rows),
+            "vst_kv_rows": kv_rows,
             "garbage_rows": garbage,
             "answers": self._table("answers").count_rows(),
             "vico_samples": self._table("vico_samples").count_rows(),
@@ -1159,7 +1190,6 @@ class Archive:
             "disk_bytes": disk,
             "disk_over_kv": (sum(disk.values()) / kv_bytes) if disk and kv_bytes else None,
         }
-        return out
 
     def compact(
         self,
@@ -1169,31 +1199,38 @@ class Archive:
     ) -> dict[str, Any]:
         """Delete garbage K/V rows, compact files, and remove old table versions.
 
+        Streams the two tables to find garbage; compacts each table with Lance (`compact_files`,
+        one thread, `_COMPACT_ROWS` rows per fragment, so memory does not follow the table), then
+        removes versions older than `older_than` (`cleanup_old_versions`).
+
         Args:
             older_than: table versions (and their files) older than this are removed; readers that
                 started on such a version may fail, so keep it above your longest read.
             garbage_grace: uncommitted K/V rows younger than this are kept (a put may be in flight).
 
         Returns:
-            {"garbage_rows_deleted": int, "tables": {name: str(optimize stats)}, "disk_bytes": ...}
+            {"garbage_rows_deleted": int, "tables": {name: "compaction metrics; cleanup stats"},
+            "disk_bytes": ...}
         """
-        vids = self._ds("videos").to_table(columns=["key", "status", "write_id"]).to_pylist()
-        live = {(r["key"], r["write_id"]) for r in vids if r["status"] == STATUS_INDEXED}
+        _, live = self._live_writes([])
         cutoff = datetime.now(UTC) - garbage_grace
-        kv = self._ds("vst_kv").to_table(columns=["key", "write_id", "written_at"]).to_pylist()
         dead: dict[tuple[str, str], int] = {}
-        for r in kv:
-            k = (r["key"], r["write_id"])
-            if k not in live and r["written_at"] <= cutoff:
-                dead[k] = dead.get(k, 0) + 1
+        for rows in self._scan(self._ds("vst_kv"), ["key", "write_id", "written_at"]):
+            for r in rows:
+                k = (r["key"], r["write_id"])
+                if k not in live and r["written_at"] <= cutoff:
+                    dead[k] = dead.get(k, 0) + 1
         vst = self._table("vst_kv")
         for key, wid in dead:
             _retry(lambda key=key, wid=wid: vst.delete(f"key = {_q(key)} AND write_id = {_q(wid)}"), "gc")
         tables = {}
         for name in SCHEMAS:
             tbl = self._table(name)
-            res = _retry(lambda tbl=tbl: tbl.optimize(cleanup_older_than=older_than), f"optimize {name}")
-            tables[name] = str(res) if res is not None else "ok"
+            res = _retry(lambda tbl=tbl: tbl.to_lance().optimize.compact_files(
+                target_rows_per_fragment=_COMPACT_ROWS, num_threads=1, batch_size=1024), f"compact {name}")
+            gone = _retry(lambda tbl=tbl: tbl.to_lance().cleanup_old_versions(older_than=older_than),
+                          f"clean up {name}")
+            tables[name] = f"{res}; {gone}"
         return {"garbage_rows_deleted": sum(dead.values()), "tables": tables, "disk_bytes": self._disk_bytes()}
 
     # -- answers and vico samples ---------------------------------------------------------------
@@ -1243,7 +1280,7 @@ class Archive:
 
     def answer_keys(self) -> set[str]:
         """Keys of every stored answer."""
-        return {r["key"] for r in self._ds("answers").to_table(columns=["key"]).to_pylist()}
+        return {r["key"] for rows in self._scan(self._ds("answers"), ["key"]) for r in rows}
 
     def list_answers(self, where: str | None = None) -> list[dict]:
         """`answers` rows matching the SQL filter `where`."""
@@ -1258,7 +1295,7 @@ class Archive:
         return self._upsert("vico_samples", "sample_id", rows, VICO_SAMPLES_SCHEMA)
 
     def vico_sample_ids(self) -> set[str]:
-        return {r["sample_id"] for r in self._ds("vico_samples").to_table(columns=["sample_id"]).to_pylist()}
+        return {r["sample_id"] for rows in self._scan(self._ds("vico_samples"), ["sample_id"]) for r in rows}
 
     def list_vico_samples(self, where: str | None = None) -> list[dict]:
         return self._ds("vico_samples").to_table(filter=where).to_pylist()

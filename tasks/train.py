@@ -37,7 +37,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,9 @@ class TrainError(Exception):
     def __init__(self, kind: str, message: str):
         super().__init__(message)
         self.kind = kind
+
+    def __reduce__(self):  # picklable with both arguments: Ray ships a worker's error to the driver
+        return (type(self), (self.kind, str(self)))
 
 
 @dataclass
@@ -173,6 +176,17 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def with_absolute_paths(self) -> TrainConfig:
+        """This config with every local path absolute (`out`, `cache_dir`, a checkpoint `model`,
+        `video_root`, file and folder `data` sources): Ray Train workers run in another folder."""
+        def ab(p: str | None) -> str | None:
+            return str(Path(p).resolve()) if p else p
+
+        return replace(
+            self, out=ab(self.out), cache_dir=ab(self.cache_dir), video_root=ab(self.video_root),
+            model=self.model if self.model.startswith(TOY_INIT) else ab(self.model),
+            data=[d if d.startswith("toy:") else ab(d) for d in self.data])
 
 
 # -- the model ------------------------------------------------------------------------------------

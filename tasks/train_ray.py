@@ -405,7 +405,7 @@ def run_training(cfg: TrainConfig, ray_address: str | None = None, progress: Pro
     reported again without training (`noop: True`).
 
     Args:
-        cfg: the run (`cfg.out` is made absolute: the workers' working folder differs).
+        cfg: the run (its paths are made absolute: the workers' working folder differs).
         ray_address: Ray cluster (default `RAY_ADDRESS`, else a local Ray, shut down at the end).
         progress: receives the events of `ProgressFn` (default: the sink of `set_progress_sink`).
         items: the prepared data (`prepare_data(cfg)`), when the caller prepared it.
@@ -420,8 +420,7 @@ def run_training(cfg: TrainConfig, ray_address: str | None = None, progress: Pro
             `data`/`model` (from preparing the data), `train` (a worker or Ray Train failed).
         RayUnavailable: Ray could not be reached or started.
     """
-    cfg = replace(cfg, out=str(Path(cfg.out).resolve()),
-                  cache_dir=str(Path(cfg.cache_dir).resolve()) if cfg.cache_dir else None)
+    cfg = cfg.with_absolute_paths()  # the workers' working folder is not this one
     cfg.validate()
     if local and cfg.num_workers != 1:
         raise TrainError("usage", f"a local run has one worker; got --workers {cfg.num_workers}")

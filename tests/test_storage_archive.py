@@ -299,10 +299,16 @@ def test_cached_reads_survive_compaction(arch):
     assert arch.load_memory(video_id("b"), FP, windows=[2]).equal(mems["b"].select([2]))
 
 
-def test_stale_blob_location_falls_back_to_lance(arch, monkeypatch):
+def test_stale_blob_location_falls_back_to_lance(arch, monkeypatch, caplog):
+    """A fast-path read that fails its checksums is re-read through Lance, counted and logged with
+    the video's id (storage/blobread.py: the one module that relies on Lance's blob layout)."""
+    from storage import blobread
+
     mem = _big_memory(5)
     rec = arch.put(make_record("a"), mem)
     arch.load_memory(rec.video_id, FP)
+    before = blobread.counters()
+    assert before["direct_blobs"] > 0  # the fast path was taken for the first load
     (rows,) = arch._kv_cache.values()
     for r in rows:  # poison the cache: every sidecar location points at the wrong bytes
         if "_blob" in r:
@@ -310,7 +316,10 @@ def test_stale_blob_location_falls_back_to_lance(arch, monkeypatch):
             r["_blob"] = (path, off + 8, size)
     poisoned = [r["_blob"] for r in rows if "_blob" in r]
     assert poisoned
-    assert arch.load_memory(rec.video_id, FP).equal(mem)  # checksums catch it; Lance re-reads
+    with caplog.at_level("WARNING", logger="vxl.storage.blobread"):
+        assert arch.load_memory(rec.video_id, FP).equal(mem)  # checksums catch it; Lance re-reads
+    assert blobread.counters()["fallbacks"] == before["fallbacks"] + 1
+    assert [r for r in caplog.records if rec.video_id in r.getMessage() and "through Lance" in r.getMessage()]
     assert (rec.key, rec.write_id) not in arch._kv_cache  # the stale entry is dropped
     assert arch.load_memory(rec.video_id, FP).equal(mem)
     fresh = [r["_blob"] for r in arch._kv_cache[(rec.key, rec.write_id)] if "_blob" in r]

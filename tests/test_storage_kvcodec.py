@@ -156,7 +156,7 @@ def test_corrupted_quantized_blob_is_detected():
 
 
 def test_corrupted_sizes_are_refused_before_allocating(tmp_path, monkeypatch):
-    from storage import archive as archive_mod
+    from storage import blobread as blobread_mod
 
     _, rows, _ = _quantized_rows()
     for bad in (dict(rows[1], nbytes=2**50), dict(rows[1], nbytes=3), dict(rows[0], nbytes=rows[0]["nbytes"] + 2),
@@ -170,7 +170,7 @@ def test_corrupted_sizes_are_refused_before_allocating(tmp_path, monkeypatch):
     hit = arch._kv_cache[(rec.key, rec.write_id)]
     hit[2]["nbytes"] = 2**50  # a corrupted size in the (cached) row
     reads = []
-    monkeypatch.setattr(archive_mod, "_pread_blobs", lambda locs: reads.append(locs) or [])
+    monkeypatch.setattr(blobread_mod, "pread_blobs", lambda locs: reads.append(locs) or [])
     got = arch.load_memory(rec.video_id, FP)  # refused on the cached row, read again through Lance
     assert not any(reads) and got.windows == mem.windows  # nothing read through the bad row
 

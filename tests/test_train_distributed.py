@@ -262,3 +262,22 @@ def test_cli_json_on_a_finished_run_through_the_flow(reference, tmp_path, monkey
     r = CliRunner().invoke(app, ["train", "--out", ref_cfg.out, *CLI_RUN, "--no-flow"])
     assert r.exit_code == 0 and "already trained: 6 steps" in r.stdout
     assert f"vxl index VIDEOS --model {ref['model_dir']}" in r.stdout
+
+
+def test_worker_config_paths_are_absolute_and_train_errors_pickle(tmp_path, monkeypatch):
+    """Ray Train workers run in their own folder and ship their errors back pickled: a relative
+    `--model model/weights/toy` was 'neither toy-init nor a checkpoint folder' in the workers, and
+    that TrainError could not be unpickled, so the driver only saw WorkerHealthCheckFailedError."""
+    import pickle
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ckpt").mkdir()
+    cfg = TrainConfig(out="run", model="ckpt", data=["toy:4", "vids", "llava.json"], video_root="vids",
+                      cache_dir="c")
+    ab = cfg.with_absolute_paths()
+    assert ab.model == str(tmp_path / "ckpt") and ab.out == str(tmp_path / "run")
+    assert ab.data == ["toy:4", str(tmp_path / "vids"), str(tmp_path / "llava.json")]
+    assert (ab.video_root, ab.cache_dir) == (str(tmp_path / "vids"), str(tmp_path / "c"))
+    assert TrainConfig(out="r", model="toy-init:image_size=32").with_absolute_paths().model == "toy-init:image_size=32"
+    err = pickle.loads(pickle.dumps(TrainError("usage", "--model 'x' is neither")))
+    assert isinstance(err, TrainError) and err.kind == "usage" and str(err) == "--model 'x' is neither"
