@@ -324,6 +324,12 @@ def prepare_write(record: VideoRecord, memory: VSTMemory, window_embeddings: np.
     return rec, kv
 
 
+def _scan(ds, columns: list[str], **kw) -> Iterator[list[dict]]:
+    """Rows of Lance snapshot `ds` (`columns` only), `_SCAN_ROWS` at a time as lists of dicts."""
+    for batch in ds.to_batches(columns=columns, batch_size=_SCAN_ROWS, **kw):
+        yield batch.to_pylist()
+
+
 class _WriteCheck:
     """Streaming invariant check of one committed write: running aggregates of its K/V rows, a few
     hundred bytes per video whatever its window count (window indices kept as a bitmask)."""
@@ -650,7 +656,7 @@ class Archive:
 
     def _ids(self, fingerprint: str, status: str) -> set[str]:
         where = f"model_fingerprint = {_q(fingerprint)} AND status = {_q(status)}"
-        return {r["video_id"] for rows in self._scan(self._ds("videos"), ["video_id"], filter=where) for r in rows}
+        return {r["video_id"] for rows in _scan(self._ds("videos"), ["video_id"], filter=where) for r in rows}
 
     def indexed_ids(self, fingerprint: str) -> set[str]:
         """video_ids with an indexed memory for `fingerprint`."""
@@ -851,10 +857,6 @@ class Archive:
             )
         return rec
 
-    def _blob_location(self, ds, row: dict) -> tuple[str, int, int] | None:
-        """(file, offset, size) of a row's blob in a local sidecar, or None (`storage.blobread`)."""
-        return blobread.blob_location(ds, row, self._local_root, self._frag_files)
-
     def _kv_meta(self, rec: VideoRecord, ds, *, cached: bool = True) -> list[dict]:
         """Metadata rows (with `_rowaddr`, and `_blob` locations when local) of the committed write
         of `rec` in snapshot `ds`, in window order.
@@ -880,7 +882,8 @@ class Archive:
         rows = tab.to_pylist()
         rows.sort(key=lambda r: r["window"])
         for r in rows:
-            loc = self._blob_location(ds, r) if (cached and self._local_root) else None
+            loc = (blobread.blob_location(ds, r, self._local_root, self._frag_files)
+                   if (cached and self._local_root) else None)
             r.pop("kv", None)
             if loc is not None:
                 r["_blob"] = loc
@@ -1030,17 +1033,12 @@ class Archive:
         _retry(lambda: self._table("vst_kv").delete(where), f"rm K/V of {video_id}")
         return n
 
-    # -- maintenance: streamed scans, memory bounded by a record batch, not by the table ---------
-    def _scan(self, ds, columns: list[str], **kw) -> Iterator[list[dict]]:
-        """Rows of snapshot `ds` (`columns` only), `_SCAN_ROWS` at a time as lists of dicts."""
-        for batch in ds.to_batches(columns=columns, batch_size=_SCAN_ROWS, **kw):
-            yield batch.to_pylist()
-
+    # -- maintenance: streamed scans (`_scan`), memory bounded by a record batch, not by the table
     def _live_writes(self, columns: list[str]) -> tuple[dict[str, int], dict[tuple[str, str], dict]]:
         """Streamed over `videos`: rows per key, and the indexed rows (`columns`) by (key, write_id)."""
         seen: dict[str, int] = {}
         live: dict[tuple[str, str], dict] = {}
-        for rows in self._scan(self._ds("videos"), sorted({"key", "status", "write_id", *columns})):
+        for rows in _scan(self._ds("videos"), sorted({"key", "status", "write_id", *columns})):
             for r in rows:
                 seen[r["key"]] = seen.get(r["key"], 0) + 1
                 if r["status"] == STATUS_INDEXED:
@@ -1071,7 +1069,7 @@ class Archive:
         ds = self._ds("vst_kv")
         pending: list[dict] = []
         pending_bytes = 0
-        for rows in self._scan(ds, _VERIFY_KV_COLUMNS, with_row_address=True):
+        for rows in _scan(ds, _VERIFY_KV_COLUMNS, with_row_address=True):
             for m in rows:
                 chk = checks.get((m["key"], m["write_id"]))
                 if chk is None:
@@ -1112,16 +1110,6 @@ class Archive:
                 rep.problems.append(Problem(row["video_id"], row["model_fingerprint"], row["window"], "missing",
                                             f"cannot read blob: {exc}"))
 
-    @staticmethod
-    def _check_invariants(rec: VideoRecord, rows: list[dict]) -> list[Problem]:
-        """The invariant problems of one video `rec` with K/V `rows` (`verify` streams the same checks)."""
-        chk = _WriteCheck(rec.key, {"num_windows": rec.num_windows, "num_vst_tokens": rec.num_vst_tokens,
-                                    "kv_bytes": rec.kv_bytes, "kv_codec": rec.kv_codec,
-                                    "kv_raw_bytes": rec.kv_raw_bytes})
-        for m in rows:
-            chk.add(m)
-        return chk.problems()
-
     def _disk_bytes(self) -> dict[str, int] | None:
         if "://" in self.uri and not self.uri.startswith("file://"):
             return None
@@ -1147,7 +1135,7 @@ class Archive:
         live: set[tuple[str, str]] = set()
         per_codec: dict[str, dict[str, Any]] = {}
         cols = ["key", "status", "write_id", "num_windows", "num_vst_tokens", "kv_bytes", "kv_codec", "kv_raw_bytes"]
-        for rows in self._scan(self._ds("videos"), cols):
+        for rows in _scan(self._ds("videos"), cols):
             for r in rows:
                 counts["videos"] += 1
                 fingerprints.add(r["key"].split("/", 1)[1])
@@ -1165,7 +1153,7 @@ class Archive:
                 c["kv_bytes"] += r["kv_bytes"] or 0
                 c["kv_raw_bytes"] += r["kv_raw_bytes"] if r["kv_raw_bytes"] is not None else (r["kv_bytes"] or 0)
         kv_rows = garbage = 0
-        for rows in self._scan(self._ds("vst_kv"), ["key", "write_id"]):
+        for rows in _scan(self._ds("vst_kv"), ["key", "write_id"]):
             kv_rows += len(rows)
             garbage += sum(1 for r in rows if (r["key"], r["write_id"]) not in live)
         for c in per_codec.values():
@@ -1215,7 +1203,7 @@ class Archive:
         _, live = self._live_writes([])
         cutoff = datetime.now(UTC) - garbage_grace
         dead: dict[tuple[str, str], int] = {}
-        for rows in self._scan(self._ds("vst_kv"), ["key", "write_id", "written_at"]):
+        for rows in _scan(self._ds("vst_kv"), ["key", "write_id", "written_at"]):
             for r in rows:
                 k = (r["key"], r["write_id"])
                 if k not in live and r["written_at"] <= cutoff:
@@ -1280,7 +1268,7 @@ class Archive:
 
     def answer_keys(self) -> set[str]:
         """Keys of every stored answer."""
-        return {r["key"] for rows in self._scan(self._ds("answers"), ["key"]) for r in rows}
+        return {r["key"] for rows in _scan(self._ds("answers"), ["key"]) for r in rows}
 
     def list_answers(self, where: str | None = None) -> list[dict]:
         """`answers` rows matching the SQL filter `where`."""
@@ -1295,7 +1283,7 @@ class Archive:
         return self._upsert("vico_samples", "sample_id", rows, VICO_SAMPLES_SCHEMA)
 
     def vico_sample_ids(self) -> set[str]:
-        return {r["sample_id"] for rows in self._scan(self._ds("vico_samples"), ["sample_id"]) for r in rows}
+        return {r["sample_id"] for rows in _scan(self._ds("vico_samples"), ["sample_id"]) for r in rows}
 
     def list_vico_samples(self, where: str | None = None) -> list[dict]:
         return self._ds("vico_samples").to_table(filter=where).to_pylist()
