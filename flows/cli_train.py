@@ -97,6 +97,9 @@ def train(
                                                            "windows and ratios) or mixed."),
     questions_per_sample: int = typer.Option(4, "--questions-per-sample", help="Question/answer turns per video "
                                              "and step (each against the same memory)."),
+    objective: str = typer.Option("answers", "--objective", help="answers (the answer-token loss: Video-XL's "
+                                  "training) or frames (vision pretraining: the vision tower and projector learn "
+                                  "each frame's ground-truth background and object; truth-JSON data only)."),
     fps: float = typer.Option(1.0, "--fps", help="Sampled frames per second of video (as vxl index)."),
     max_frames: int = typer.Option(128, "--max-frames", help="At most this many frames per video."),
     checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Steps between checkpoints (0: only at "
@@ -132,7 +135,8 @@ def train(
               trainable=[t.strip() for t in trainable.split(",") if t.strip()], curriculum=curriculum,
               planner=planner, questions_per_sample=questions_per_sample, fps=fps, max_frames=max_frames,
               checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
-              grad_checkpointing=grad_checkpointing, num_workers=workers, use_gpu=gpu, strategy=strategy, seed=seed)
+              grad_checkpointing=grad_checkpointing, num_workers=workers, use_gpu=gpu, strategy=strategy, seed=seed,
+              objective=objective)
     try:
         cfg = TrainConfig(out=out, **kw)
         cfg.validate()  # before Ray and Prefect start

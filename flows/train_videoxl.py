@@ -54,6 +54,7 @@ def train_videoxl(
     strategy: str = "ddp",
     precision: str = "auto",
     cache_dir: str | None = None,
+    objective: str = "answers",
     ray_address: str | None = None,
     local: bool = False,
 ) -> dict:
@@ -81,7 +82,7 @@ def train_videoxl(
                       questions_per_sample=questions_per_sample, fps=fps, max_frames=max_frames, seed=seed,
                       checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
                       grad_checkpointing=grad_checkpointing, num_workers=num_workers, use_gpu=use_gpu,
-                      strategy=strategy, precision=precision, cache_dir=cache_dir, **kw)
+                      strategy=strategy, precision=precision, cache_dir=cache_dir, objective=objective, **kw)
     cfg.validate()
     if not local and finished_result(cfg) is None:
         check_resources(cfg, ray_address)  # before the data is prepared

@@ -108,6 +108,47 @@ def sample_loss(vx, frames, plan: ChunkPlan, turns: list[Turn], *, checkpoint_wi
     return total / count, count, per_turn
 
 
+def frame_label_loss(vx, frames, labels: dict[str, torch.Tensor], head: torch.nn.Linear,
+                     groups: dict[str, int]) -> torch.Tensor:
+    """The vision pretraining objective (`--objective frames`): per-frame labels from the visual tokens.
+
+    Each frame's visual tokens, as the LLM receives them (vision tower, projector, spatial pooling:
+    `VideoXL._vision_features`), are max-pooled over the frame's tokens and classified by `head`, one
+    softmax per label group. Max pooling rewards a token that carries a small object on its own,
+    which is what the VSTs must later pick out of a window. This stands in for the contrastive
+    pretraining the real CLIP tower had (Video-XL starts from a pretrained CLIP ViT-L/14-336); the
+    toy tower starts from random weights.
+
+    Args:
+        vx: a `VideoXL`.
+        frames: uint8 `(F, H, W, 3)`.
+        labels: per group, int64 `(F,)` class indices, -1 where the frame has no label.
+        head: `Linear(hidden_size, sum(groups.values()))`.
+        groups: group name -> number of classes, in the order of `head`'s outputs.
+    Returns:
+        0-dim float32: the sum over groups of the mean cross-entropy over the frames labelled in
+        that group (groups with no labelled frame add nothing).
+    Raises:
+        ValueError: a label array whose length is not F, or no group with a labelled frame.
+    """
+    frames = vx._check_frames(frames)
+    f = int(frames.shape[0])
+    feats = vx._vision_features(frames)  # (F * N, C)
+    logits = head(feats.view(f, -1, feats.shape[-1]).amax(dim=1).float())  # (F, sum(groups))
+    total, start = None, 0
+    for name, k in groups.items():
+        y = labels[name].to(logits.device)
+        if y.shape != (f,):
+            raise ValueError(f"labels[{name!r}] has shape {tuple(y.shape)}, expected ({f},)")
+        if bool((y >= 0).any()):
+            loss = torch.nn.functional.cross_entropy(logits[:, start : start + k], y, ignore_index=-1)
+            total = loss if total is None else total + loss
+        start += k
+    if total is None:
+        raise ValueError("no frame has a label in any group")
+    return total
+
+
 def question_from_human(value: str) -> str:
     """A LLaVA human turn -> the question text vxl asks (`<image>` marker and its newline removed).
 

@@ -643,12 +643,55 @@ def scene_at(truth: dict, t: float) -> dict:
     raise ValueError(f"t={t} s is outside [0, {truth['seconds']})")
 
 
+FRAME_LABELS: dict[str, int] = {"background": len(BACKGROUNDS), "object_present": 2, "object_color": len(COLORS),
+                                "object_shape": len(SHAPES)}
+"""The per-frame label groups of `frame_labels` and their class counts (`--objective frames`)."""
+
+
+def frame_labels(truth: dict, frame_indices) -> dict[str, np.ndarray]:
+    """What a sample's frames show, per frame: the labels of the vision pretraining objective.
+
+    Follows the events as `render_frames` draws them: `appear`, `move`, `recolor` and `reshape` set
+    the one object on screen, `disappear` removes it.
+
+    Args:
+        truth: a sample's ground truth (`plan_sample_video` / `plan_toy_video` layout: `scenes` with
+            `frame_start`/`frame_end`, `events` with `frame`).
+        frame_indices: int (F,) frame indices into the video (as `tasks.video.sample_indices` gives).
+    Returns:
+        int64 (F,) arrays: `background` (index into `BACKGROUNDS`), `object_present` (0/1),
+        `object_color` and `object_shape` (index into `COLORS` / `SHAPES`; -1 when no object shows).
+    Raises:
+        ValueError: an index outside the video, or a background/colour/shape name not in the tables.
+    """
+    idx = np.asarray(frame_indices, dtype=np.int64)
+    n = int(truth["num_frames"])
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        raise ValueError(f"frame indices must be in [0, {n}), got {idx.min()}..{idx.max()}")
+    bg_names, colors = list(BACKGROUNDS), list(COLORS)
+    background = np.full(idx.shape, -1, dtype=np.int64)
+    for sc in truth["scenes"]:
+        background[(idx >= sc["frame_start"]) & (idx < sc["frame_end"])] = bg_names.index(sc["background"])
+    color = np.full(idx.shape, -1, dtype=np.int64)
+    shape = np.full(idx.shape, -1, dtype=np.int64)
+    for ev in sorted((e for e in truth["events"] if e["kind"] != "cut"), key=lambda e: e["frame"]):
+        after = idx >= ev["frame"]
+        if ev["kind"] == "disappear":
+            color[after], shape[after] = -1, -1
+        else:
+            color[after], shape[after] = colors.index(ev["color"]), SHAPES.index(ev["shape"])
+    return {"background": background, "object_present": (color >= 0).astype(np.int64), "object_color": color,
+            "object_shape": shape}
+
+
 __all__ = [
     "BACKGROUNDS",
     "CODECS",
     "COLORS",
+    "FRAME_LABELS",
     "POSITIONS",
     "SHAPES",
+    "frame_labels",
     "load_truth",
     "make_bad_files",
     "make_sample_videos",

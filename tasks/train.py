@@ -45,6 +45,7 @@ import numpy as np
 from tasks.qa import QUESTION_TYPES
 
 TOY_INIT = "toy-init"
+OBJECTIVES = ("answers", "frames")
 TOY_VOCAB = 640  # learned BPE tokens of the toy tokenizer (3 ChatML tokens follow)
 
 
@@ -91,6 +92,11 @@ class TrainConfig:
         strategy: `ddp`, or `fsdp` for models that do not fit one GPU.
         precision: `auto` (bf16 autocast on GPU, fp32 on CPU), `fp32` or `bf16`.
         cache_dir: frame cache (default `out/cache`).
+        objective: `answers` (the answer-token loss of `model.training.sample_loss`: Video-XL's
+            training) or `frames` (vision pretraining, `model.training.frame_label_loss`: the
+            vision tower and projector learn per-frame ground-truth labels, `tasks.samples.
+            frame_labels`; ground-truth sources only; trains only the `vision`/`projector` parts of
+            `trainable`).
     """
 
     out: str
@@ -121,6 +127,7 @@ class TrainConfig:
     strategy: str = "ddp"
     precision: str = "auto"
     cache_dir: str | None = None
+    objective: str = "answers"
 
     def validate(self) -> None:
         """Raise TrainError(kind="usage") naming the option that no run can satisfy."""
@@ -155,6 +162,10 @@ class TrainConfig:
             bad(f"--planner must be fixed, dynamic or mixed, got {self.planner!r}")
         if set(self.question_types) - set(QUESTION_TYPES) or not self.question_types:
             bad(f"--question-types {self.question_types}: choose from {list(QUESTION_TYPES)}")
+        if self.objective not in OBJECTIVES:
+            bad(f"--objective must be one of {list(OBJECTIVES)}, got {self.objective!r}")
+        if self.objective == "frames" and not set(self.trainable) & {"vision", "projector"}:
+            bad(f"--objective frames trains the vision tower and the projector; --trainable {self.trainable} has neither")
         if self.strategy not in ("ddp", "fsdp"):
             bad(f"--strategy must be ddp or fsdp, got {self.strategy!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
@@ -488,6 +499,57 @@ def _train_forward_module():
     return TrainForward
 
 
+def _frame_forward_module():
+    import torch
+
+    class FrameForward(torch.nn.Module):
+        """forward(frames, labels) = `model.training.frame_label_loss` (the head is a submodule, so
+        DDP averages its gradients too)."""
+
+        def __init__(self, vx, head):
+            super().__init__()
+            self.net = vx.model
+            self.head = head
+            self.__dict__["vx"] = vx
+
+        def forward(self, frames, labels):
+            from model.training import frame_label_loss
+            from tasks.samples import FRAME_LABELS
+
+            return frame_label_loss(self.vx, frames, labels, self.head, FRAME_LABELS)
+
+    return FrameForward
+
+
+def _frame_head(vx, seed: int, device):
+    """The classifier of `--objective frames`: `Linear(hidden_size, sum(FRAME_LABELS))`, seeded."""
+    import torch
+
+    from tasks.samples import FRAME_LABELS
+
+    gen = torch.Generator().manual_seed(int(seed) + 0xF4A3)
+    head = torch.nn.Linear(vx.config.hidden_size, sum(FRAME_LABELS.values()))
+    with torch.no_grad():
+        head.weight.normal_(0.0, 0.02, generator=gen)
+        head.bias.zero_()
+    return head.to(device)
+
+
+def _frame_label_tensors(item: Item, count: int, cfg: TrainConfig) -> dict:
+    """`tasks.samples.frame_labels` of an item's cached frames (sampled as `tasks.video.sample_indices`)."""
+    import torch
+
+    from tasks.samples import frame_labels
+    from tasks.video import sample_indices
+
+    truth = item.truth
+    idx = sample_indices(int(truth["num_frames"]), float(truth["fps"]), fps=cfg.fps, max_frames=cfg.max_frames)
+    if len(idx) != count:
+        raise TrainError("data", f"{item.source}: {count} cached frames, but sampling its ground truth gives "
+                                 f"{len(idx)}; delete {cfg.cache} and rerun")
+    return {k: torch.from_numpy(v) for k, v in frame_labels(truth, idx).items()}
+
+
 def checkpoint_dirs(out: str | Path) -> list[Path]:
     """Complete checkpoints of a run (`trainer_state.pt` written last), oldest first."""
     root = Path(out) / "checkpoints"
@@ -527,7 +589,20 @@ def train_loop(cfg: TrainConfig, ctx: WorkerContext | None = None, items: list[I
     if items is None:
         items = [Item(**d) for d in json.loads((cfg.cache / "manifest.json").read_text())]
     vx.model.train()
-    groups = trainable_parameters(vx.model, cfg.trainable, cfg.lr, cfg.vision_lr, cfg.weight_decay)
+    head = None
+    parts = list(cfg.trainable)
+    if cfg.objective == "frames":
+        head = _frame_head(vx, cfg.seed, device)
+        if state is not None:
+            head.load_state_dict(state["head"])
+        parts = [p for p in parts if p in ("vision", "projector")]
+        without = [i.source for i in items if i.truth is None]
+        if without:
+            raise TrainError("data", f"--objective frames needs ground-truth videos (toy:COUNT, or a folder with "
+                                     f"NAME.json); {len(without)} sample(s) have none, e.g. {without[0]}")
+    groups = trainable_parameters(vx.model, parts, cfg.lr, cfg.vision_lr, cfg.weight_decay)
+    if head is not None:
+        groups.append({"params": list(head.parameters()), "lr": cfg.lr, "weight_decay": 0.0})
     opt = torch.optim.AdamW(groups, betas=(0.9, 0.98), eps=1e-8)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: warmup_cosine(s, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
@@ -536,7 +611,10 @@ def train_loop(cfg: TrainConfig, ctx: WorkerContext | None = None, items: list[I
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start, history = int(state["step"]), list(state["history"])
-    fwd = _train_forward_module()(vx, cfg.grad_checkpointing)
+    if head is not None:
+        fwd = _frame_forward_module()(vx, head)
+    else:
+        fwd = _train_forward_module()(vx, cfg.grad_checkpointing)
     net = ctx.prepare_model(fwd) if ctx.prepare_model else fwd
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     params = [p for g in groups for p in g["params"]]
@@ -552,14 +630,17 @@ def train_loop(cfg: TrainConfig, ctx: WorkerContext | None = None, items: list[I
             item = items[batch[pos]]
             sample = step * cfg.batch_size + pos
             frames = torch.from_numpy(np.load(item.frames))
-            plan = sample_plan(vx, item, int(frames.shape[0]), step, sample, cfg)
-            turns = sample_turns(item, step, sample, cfg)
+            if head is not None:
+                args = (frames, _frame_label_tensors(item, int(frames.shape[0]), cfg))
+            else:
+                args = (frames, sample_plan(vx, item, int(frames.shape[0]), step, sample, cfg),
+                        sample_turns(item, step, sample, cfg))
             last = j == len(mine) - 1
             sync = contextlib.nullcontext() if (last or not hasattr(net, "no_sync")) else net.no_sync()
             amp = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
             with sync:
                 with amp:
-                    loss = net(frames, plan, turns)
+                    loss = net(*args)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"step {step}: loss {float(loss)} on sample {item.key} ({item.source})")
                 (loss / per_worker).backward()
@@ -580,7 +661,9 @@ def train_loop(cfg: TrainConfig, ctx: WorkerContext | None = None, items: list[I
         history.append({"step": step + 1, "loss": loss_mean})
         ckpt = None
         if (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or step + 1 == cfg.steps:
-            ckpt = save_training_checkpoint(cfg, vx, opt, sched, step + 1, history) if ctx.rank == 0 else None
+            ckpt = (save_training_checkpoint(cfg, vx, opt, sched, step + 1, history,
+                                             head=head.state_dict() if head is not None else None)
+                    if ctx.rank == 0 else None)
         if ctx.report:
             ctx.report(metrics, str(ckpt) if ckpt else None)
         if on_step:
@@ -629,15 +712,17 @@ def save_model(cfg: TrainConfig, vx, folder: Path, history: list[dict]) -> Path:
     return folder
 
 
-def save_training_checkpoint(cfg: TrainConfig, vx, opt, sched, step: int, history: list[dict]) -> Path:
-    """`out/checkpoints/step_NNNNNN/`: model (Video-XL layout) + `trainer_state.pt` written last."""
+def save_training_checkpoint(cfg: TrainConfig, vx, opt, sched, step: int, history: list[dict],
+                             head: dict | None = None) -> Path:
+    """`out/checkpoints/step_NNNNNN/`: model (Video-XL layout) + `trainer_state.pt` written last
+    (with the frame-label head's weights under `--objective frames`: not part of the model)."""
     import torch
 
     folder = Path(cfg.out) / "checkpoints" / f"step_{step:06d}"
     save_model(cfg, vx, folder, history)
     tmp = folder / "trainer_state.pt.partial"
     torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
-                "history": history, "config": cfg.to_dict()}, tmp)
+                "history": history, "config": cfg.to_dict(), "head": head}, tmp)
     os.replace(tmp, folder / "trainer_state.pt")
     for old in checkpoint_dirs(cfg.out)[: -cfg.keep_checkpoints]:
         shutil.rmtree(old, ignore_errors=True)

@@ -55,3 +55,21 @@ def archive(tmp_path):
     from storage import open_archive
 
     return open_archive(str(tmp_path / "archive"))
+
+
+@pytest.fixture(scope="module")
+def ray_module():
+    """One private local Ray (2 CPUs, no dashboard) for a module's tests: `ensure_ray` reuses the Ray
+    this process already runs, so CLI invocations inside the module do not each start and stop one
+    (about 10 s each on 2 cores). Tests of Ray's own start-up do not use it."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning",
+                 runtime_env={"env_vars": {"PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                                           "TOKENIZERS_PARALLELISM": "false"}})
+    yield ray
+    from tasks.index import shutdown_workers
+
+    shutdown_workers()
+    ray.shutdown()

@@ -185,3 +185,88 @@ def test_llava_and_truth_folder_sources(tmp_path):
     llava.write_text(json.dumps([{"id": "bad", "video": "x.mp4", "conversations": [{"from": "gpt", "value": "a"}]}]))
     with pytest.raises(TrainError, match="'bad'"):
         prepare_data(TrainConfig(out=str(tmp_path / "run2"), data=[str(llava)]))
+
+
+@pytest.mark.timeout(120)
+def test_frame_labels_match_the_rendered_pixels():
+    """`frame_labels` (from the events) against the frames themselves: a frame shows an object iff it
+    has pixels of exactly one `COLORS` colour, that colour is the label, and the corner pixel has the
+    labelled background's colour. Toy videos (appear/move/disappear) and sample videos
+    (recolor/reshape too)."""
+    from tasks.samples import (
+        BACKGROUNDS,
+        COLORS,
+        frame_labels,
+        plan_sample_video,
+        plan_toy_video,
+        render_frames,
+    )
+    from tasks.video import sample_indices
+
+    plans = [plan_toy_video(s, width=160, height=120, fps=8) for s in (11, 12, 13)]
+    plans += [plan_sample_video(seconds=30.0, seed=s, width=160, height=120, fps=8) for s in (1, 2)]
+    kinds = {e["kind"] for p in plans for e in p["events"]}
+    assert kinds == {"cut", "appear", "move", "disappear", "recolor", "reshape"}
+    seen = set()
+    for plan in plans:
+        idx = sample_indices(plan["num_frames"], plan["fps"], fps=2.0, max_frames=128)
+        labels = frame_labels(plan, idx)
+        for i, frame in enumerate(render_frames(plan, only=idx)):
+            shown = [n for n, rgb in COLORS.items() if (frame == np.array(rgb, dtype=np.uint8)).all(-1).any()]
+            assert labels["object_present"][i] == len(shown), (plan["seed"], int(idx[i]), shown)
+            if shown:
+                assert list(COLORS)[labels["object_color"][i]] == shown[0]
+                seen.add("object")
+            else:
+                assert labels["object_color"][i] == labels["object_shape"][i] == -1
+            assert tuple(frame[0, 0]) == BACKGROUNDS[list(BACKGROUNDS)[labels["background"][i]]]
+    assert seen == {"object"}
+    with pytest.raises(ValueError, match="frame indices"):
+        frame_labels(plans[0], [plans[0]["num_frames"]])
+
+
+@pytest.mark.timeout(300)
+def test_frames_objective_trains_only_the_vision_side_and_resumes(tmp_path):
+    """`--objective frames`: the frame-label loss falls, only vision tower and projector change (the
+    LLM and VST parameters stay bit-identical), the head is in the checkpoint's trainer state, and a
+    run stopped at a checkpoint continues with the same losses as an uninterrupted run."""
+    from model.checkpoint import read_safetensors, to_module_keys
+    from tasks.train import TrainError
+
+    def cfg_for(name, steps):
+        return TrainConfig(out=str(tmp_path / name), data=["toy:6:9"], steps=steps, batch_size=2, lr=3e-3,
+                           warmup_steps=2, max_frames=16, checkpoint_every=10, keep_checkpoints=5,
+                           objective="frames", cache_dir=str(tmp_path / "cache"))
+
+    full = cfg_for("full", 30)
+    items = prepare_data(full)
+    res = train_loop(full, items=items)
+    losses = [h["loss"] for h in res["history"]]
+    assert np.mean(losses[-5:]) < 0.75 * np.mean(losses[:5]), losses  # measured 0.62
+    before = fresh_toy_model(seed=0).model.state_dict()
+    after = to_module_keys(read_safetensors(tmp_path / "full" / "final"))
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("model.vision_tower.", "model.mm_projector.")) for k in changed), changed
+    assert any(k.startswith("model.mm_projector.") for k in changed)
+    state = torch.load(tmp_path / "full" / "checkpoints" / "step_000030" / "trainer_state.pt", weights_only=False)
+    assert state["head"]["weight"].shape[0] == 8 + 2 + 8 + 4
+    # interrupted right after the checkpoint at step 10, then rerun: it resumes there
+    class Stop(Exception):
+        pass
+
+    def stop_at_10(m):
+        if m["step"] == 10:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_loop(cfg_for("part", 30), items=items, on_step=stop_at_10)
+    resumed = train_loop(cfg_for("part", 30), items=items)
+    np.testing.assert_allclose([h["loss"] for h in resumed["history"]], losses, rtol=1e-5)
+    # LLaVA samples have no ground truth to label frames with
+    from tasks.train import Item
+
+    with pytest.raises(TrainError, match="ground-truth"):
+        train_loop(cfg_for("llava", 1), items=[Item(key="x", frames=items[0].frames, source="vico.json#1",
+                                                     truth=None, turns=[["q", "a"]])])
+    with pytest.raises(TrainError, match="--objective"):
+        TrainConfig(out=str(tmp_path / "x"), objective="pixels").validate()
