@@ -95,6 +95,8 @@ def train(
                                    "step: 'STEP:R1,R2;STEP:...'; each window draws its ratio from the set in force."),
     planner: str = typer.Option("fixed", "--planner", help="Chunk planner while training: fixed, dynamic (CLIP "
                                                            "windows and ratios) or mixed."),
+    question_types: str = typer.Option(None, "--question-types", help="Comma-separated tasks.qa question types "
+                                       "drawn for ground-truth videos (default: all of them)."),
     questions_per_sample: int = typer.Option(4, "--questions-per-sample", help="Question/answer turns per video "
                                              "and step (each against the same memory)."),
     objective: str = typer.Option("answers", "--objective", help="answers (the answer-token loss: Video-XL's "
@@ -137,6 +139,8 @@ def train(
               checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
               grad_checkpointing=grad_checkpointing, num_workers=workers, use_gpu=gpu, strategy=strategy, seed=seed,
               objective=objective)
+    if question_types:
+        kw["question_types"] = [t.strip() for t in question_types.split(",") if t.strip()]
     try:
         cfg = TrainConfig(out=out, **kw)
         cfg.validate()  # before Ray and Prefect start

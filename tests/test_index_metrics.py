@@ -4,6 +4,7 @@ scrapes): frames decoded, videos indexed and failed, KV bytes written, encode se
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -46,7 +47,9 @@ SCRIPT = textwrap.dedent("""
 @pytest.mark.slow
 def test_metrics_on_prometheus_endpoint(tmp_path):
     code = SCRIPT.format(repo=str(REPO), tmp=str(tmp_path))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=400, cwd=REPO)
+    # Ray pushes metrics to the agent every 10 s by default; 1 s keeps the test from waiting on it
+    env = {**os.environ, "RAY_metrics_report_interval_ms": "1000"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=400, cwd=REPO, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["exit"] == 3 and res["dashboard"].startswith("http://")

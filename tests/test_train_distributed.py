@@ -183,7 +183,8 @@ def test_cli_usage_errors_exit_2_before_ray_or_prefect(tmp_path):
         "from flows.cli import app\n"
         "out = []\n"
         "for args in (['--steps', '0'], ['--workers', '2', '--batch-size', '3'], ['--steps', '0', '--json'],\n"
-        "             ['--curriculum', '5:2,4'], ['--trainable', 'llm,eyes']):\n"
+        "             ['--curriculum', '5:2,4'], ['--trainable', 'llm,eyes'], ['--question-types', 'bg_start,colour'],\n"
+        "             ['--objective', 'pixels'], ['--objective', 'frames', '--trainable', 'llm']):\n"
         f"    r = CliRunner().invoke(app, ['train', '--out', {str(tmp_path / 'run')!r}, *args])\n"
         "    out.append([r.exit_code, r.stdout, r.stderr])\n"
         "out.append([CliRunner().invoke(app, ['--help']).exit_code, CliRunner().invoke(app, ['--help']).stdout, ''])\n"
@@ -193,7 +194,7 @@ def test_cli_usage_errors_exit_2_before_ray_or_prefect(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["heavy"] == []
-    (steps, workers, as_json, cur, parts, help_) = res["runs"]
+    (steps, workers, as_json, cur, parts, qtypes, objective, frames_llm, help_) = res["runs"]
     assert help_[0] == 0 and " train " in help_[1]
     assert steps[0] == 2 and steps[1] == "" and steps[2].strip().splitlines() == [steps[2].strip()]
     assert "--steps" in steps[2]
@@ -201,6 +202,9 @@ def test_cli_usage_errors_exit_2_before_ray_or_prefect(tmp_path):
     assert as_json[0] == 2 and json.loads(as_json[1])["error_kind"] == "usage" and "--steps" in json.loads(as_json[1])["error"]
     assert cur[0] == 2 and "--curriculum" in cur[2]
     assert parts[0] == 2 and "--trainable" in parts[2]
+    assert qtypes[0] == 2 and "--question-types ['bg_start', 'colour']" in qtypes[2]
+    assert objective[0] == 2 and "--objective must be one of" in objective[2]
+    assert frames_llm[0] == 2 and "--objective frames trains the vision tower" in frames_llm[2]
     assert not (tmp_path / "run").exists()
 
 
