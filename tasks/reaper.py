@@ -44,16 +44,27 @@ def _pgrp_start(pid: int) -> tuple[int, int] | None:
     return None if st is None else (st[1], st[2])
 
 
-def _late_group_members(pgrp: int, after: int, me: int) -> dict[int, int]:
+def _late_group_members(pgrp: int, after: int, me: int, family: set[int]) -> dict[int, int]:
     """{pid: start} of processes in group `pgrp` started at or after tick `after` (not `me`): what the
     driver started since the watcher began (Ray's processes inherit the driver's group), even those
-    spawned in the last interval before the driver died."""
+    spawned in the last interval before the driver died.
+
+    The group is shared with the driver's parent and siblings (a shell running `vxl` twice, pytest
+    running a driver subprocess): a process whose parent still runs in the group without being
+    the driver or one of `family` (the driver's descendants seen) belongs to one of them, and is
+    left alone. The driver's own late children have lost their parent (they are re-parented to
+    init or a subreaper) or have a parent in `family`.
+    """
     out = {}
     for name in os.listdir("/proc"):
         if name.isdigit() and int(name) != me:
-            st = _pgrp_start(int(name))
-            if st is not None and st[0] == pgrp and st[1] >= after:
-                out[int(name)] = st[1]
+            st = _proc(int(name))
+            if st is None or st[1] != pgrp or st[2] < after:
+                continue
+            parent = _proc(st[0])
+            if st[0] not in family and parent is not None and parent[1] == pgrp:
+                continue  # a child of a live process of the group that is not the driver's: a sibling's
+            out[int(name)] = st[2]
     return out
 
 
@@ -111,12 +122,14 @@ def watch(driver: int) -> list[int]:
     except OSError:
         pgrp = None
     known: dict[int, int] = {}
+    family = {driver}  # every descendant ever seen (pids), for `_late_group_members`
     while (st := _stat(driver)) is not None and st[1] == first[1]:
         known.update({p: t for p, t in descendants([driver]).items() if p != me})
+        family.update(known)
         known = {p: t for p, t in known.items() if (s := _stat(p)) is not None and s[1] == t}
         time.sleep(INTERVAL_S)
     if pgrp is not None and mine is not None:
-        known.update(_late_group_members(pgrp, mine[1], me))
+        known.update(_late_group_members(pgrp, mine[1], me, family))
     return reap(known)
 
 

@@ -139,3 +139,43 @@ def test_sigkill_of_the_driver_leaves_no_ray_process(when):
     finally:
         if drv.poll() is None:
             os.killpg(drv.pid, signal.SIGKILL)
+
+
+SIBLINGS = """
+import json, os, subprocess, sys, time
+from tasks import reaper
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+driver = subprocess.Popen([sys.executable, "-c",
+                           "import subprocess, time; subprocess.Popen(['sleep', '120']); time.sleep(120)"])
+watcher = reaper.start(driver.pid)
+deadline = time.monotonic() + 30
+while not (kids := reaper.descendants([driver.pid])) and time.monotonic() < deadline:
+    time.sleep(0.1)
+time.sleep(1.5)  # the watcher has seen the driver's child
+sibling = subprocess.Popen(["sleep", "120"])  # this process's own: same group, started after the watcher
+driver.kill()
+driver.wait()
+os.waitpid(watcher, 0)
+out = {"driver_child": [alive(p) for p in kids], "sibling": alive(sibling.pid)}
+sibling.kill()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.timeout(120)
+def test_reaper_kills_the_drivers_processes_but_not_its_siblings():
+    """The watcher of a killed driver SIGKILLs what the driver started, and spares processes that the
+    driver's parent started in the same process group after the watcher began (pytest starting its
+    own Ray right after a driver subprocess ended had its GCS killed: "Failed to start GCS")."""
+    r = subprocess.run([sys.executable, "-c", SIBLINGS], cwd=REPO, capture_output=True, text=True, timeout=100,
+                       start_new_session=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out == {"driver_child": [False], "sibling": True}, out

@@ -1,0 +1,99 @@
+"""Why the toy model misses the object: two measurements behind docs/EVALUATION.md ("Stage 3").
+
+`answers`: per-type accuracy of a model on toy videos rendered at their sampled times (no file,
+fixed chunking at one ratio), on training seeds or held-out seeds. Same accuracy on both says the
+model does not see the object at all (not that it memorised the training videos).
+
+    python bench/toy_diagnostics.py answers --model toy --seeds 1000000 --videos 30 --ratio 2
+    python bench/toy_diagnostics.py answers --model toy --seeds 7000000 --videos 30 --ratio 2
+
+`frames`: per-frame accuracy of the frame-label head of a `vxl train --objective frames`
+checkpoint (`trainer_state.pt` holds the head) on held-out toy videos: whether the visual tokens
+carry background, object presence, colour and shape.
+
+    python bench/toy_diagnostics.py frames --checkpoint runs/visB/checkpoints/step_001500 --videos 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _sampled(seed: int):
+    from tasks.samples import plan_toy_video, render_frames
+    from tasks.video import sample_indices
+
+    truth = plan_toy_video(seed)
+    idx = sample_indices(truth["num_frames"], truth["fps"], fps=1.0, max_frames=128)
+    return truth, idx, np.stack(list(render_frames(truth, only=idx)))
+
+
+def answers(args) -> dict:
+    from model.video_xl import load_model
+    from tasks.qa import make_questions, score_questions
+    from tasks.workers import Encoder, PlanSpec
+
+    vx = load_model(args.model, device="cpu")
+    enc = Encoder(vx, None, PlanSpec(chunking="fixed", ratio=args.ratio))
+    types = ["object_color", "object_shape", "event_order", "scene_count", "bg_start"]
+    res: dict[str, list[bool]] = {t: [] for t in types}
+    for i in range(args.videos):
+        truth, idx, frames = _sampled(args.seeds + i)
+        memory = enc.encode(frames, np.asarray(idx, dtype=np.float64) / truth["fps"]).memory
+        for r in score_questions(vx, memory, make_questions(truth, np.random.default_rng([3, i]), types)):
+            res[r["type"]].append(bool(r["correct"]))
+    return {t: {"correct": sum(v), "total": len(v), "accuracy": sum(v) / max(1, len(v))} for t, v in res.items()}
+
+
+def frames(args) -> dict:
+    import torch
+
+    from model.video_xl import load_model
+    from tasks.samples import FRAME_LABELS, frame_labels
+
+    vx = load_model(args.checkpoint, device="cpu")
+    state = torch.load(Path(args.checkpoint) / "trainer_state.pt", map_location="cpu", weights_only=False)
+    head = torch.nn.Linear(vx.config.hidden_size, sum(FRAME_LABELS.values()))
+    head.load_state_dict(state["head"])
+    hits: dict[str, list[bool]] = {k: [] for k in FRAME_LABELS}
+    for i in range(args.videos):
+        truth, idx, fr = _sampled(args.seeds + i)
+        labels = frame_labels(truth, idx)
+        with torch.no_grad():
+            feats = vx.vision_features(fr)
+            logits = head(feats.view(len(fr), -1, feats.shape[-1]).amax(1))
+        start = 0
+        for name, k in FRAME_LABELS.items():
+            pred = logits[:, start : start + k].argmax(1).numpy()
+            y = labels[name]
+            hits[name] += list(pred[y >= 0] == y[y >= 0])
+            start += k
+    return {k: {"correct": int(sum(v)), "total": len(v), "accuracy": float(np.mean(v))} for k, v in hits.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("answers")
+    a.add_argument("--model", default="toy")
+    a.add_argument("--seeds", type=int, default=7_000_000, help="first seed (training: 1000000; held out: 7000000)")
+    a.add_argument("--videos", type=int, default=30)
+    a.add_argument("--ratio", type=int, default=8)
+    f = sub.add_parser("frames")
+    f.add_argument("--checkpoint", required=True)
+    f.add_argument("--seeds", type=int, default=7_000_000)
+    f.add_argument("--videos", type=int, default=30)
+    args = ap.parse_args()
+    out = answers(args) if args.cmd == "answers" else frames(args)
+    print(json.dumps({"args": vars(args), "result": out}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
