@@ -58,10 +58,11 @@ def archive(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def ray_module():
+def ray_session():
     """One private local Ray (2 CPUs, no dashboard) for a module's tests: `ensure_ray` reuses the Ray
-    this process already runs, so CLI invocations inside the module do not each start and stop one
-    (about 10 s each on 2 cores). Tests of Ray's own start-up do not use it."""
+    this process already runs, so runs and CLI invocations inside the module do not each start and
+    stop one (about 10 s each on 2 cores); the encode actors a test kept are released at the end.
+    Tests of Ray's own start-up do not use it."""
     import ray
 
     if not ray.is_initialized():

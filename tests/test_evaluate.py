@@ -191,7 +191,7 @@ def test_option_scores_equal_a_full_forward_over_question_and_option():
 
 
 @pytest.mark.timeout(900)
-def test_vxl_eval_end_to_end_matches_direct_scoring_and_is_idempotent(tmp_path, ray_module):
+def test_vxl_eval_end_to_end_matches_direct_scoring_and_is_idempotent(tmp_path, ray_session):
     """`vxl eval` end to end (index the missing videos, answer on Ray, store, aggregate) with the
     shipped toy model on fresh videos gives, question by question, the option an independent
     in-process computation chooses (decode, plan, encode, score without archive or Ray:

@@ -22,20 +22,6 @@ OPTS = dict(max_frames=6, workers=1, decode_timeout_s=60.0)
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning",
-                 runtime_env={"env_vars": {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}})
-    yield ray
-    from tasks.index import shutdown_workers
-
-    shutdown_workers()
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """3 good 4 s samples + every kind of bad file (tasks.samples.make_bad_files)."""
     from tasks.samples import make_bad_files, make_sample_videos

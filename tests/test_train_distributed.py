@@ -50,18 +50,6 @@ def _env() -> dict:
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning",
-                 runtime_env={"env_vars": {"PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                                           "TOKENIZERS_PARALLELISM": "false"}})
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("train-cache")
 
