@@ -74,3 +74,21 @@ def ray_session():
 
     shutdown_workers()
     ray.shutdown()
+
+
+# Modules whose tests start Ray (a private local instance, `vxl index`/`train`/`eval` runs, Ray
+# workers behind a Prefect server) or measure wall-clock timeouts. `make test` runs the suite on two
+# pytest-xdist workers with `--dist loadgroup`: these modules go, in order, to one worker (one Ray
+# at a time on the machine, module-scoped `ray_session` fixtures kept), and the other tests spread
+# over both. Two local Rays side by side do work (random ports); what this avoids is two of them
+# competing for 2 cores inside the Ray tests' own timeouts.
+RAY_MODULES = frozenset({
+    "test_ask_library", "test_deployments", "test_evaluate", "test_index_metrics", "test_index_numerics",
+    "test_index_pipeline", "test_index_timeout", "test_ray_runtime", "test_train_distributed", "test_vico_flow",
+})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module is not None and item.module.__name__.rpartition(".")[2] in RAY_MODULES:
+            item.add_marker(pytest.mark.xdist_group("ray"))

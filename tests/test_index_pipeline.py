@@ -322,3 +322,45 @@ def test_progress_inside_a_video_while_it_encodes(ray_session):
     assert shown["frames_per_s"] > 0 and shown["eta_s"] is not None and shown["eta_s"] >= 0
     assert ray_session.get(worker.progress.options(concurrency_group=PROGRESS_GROUP).remote()) is None  # idle
     ray_session.kill(worker)
+
+
+def test_two_concurrent_index_runs_encode_each_video_once(ray_session, tmp_path):
+    """Two full `vxl index` processes on one archive at the same time (issue 15: both used to encode
+    every video). Together they index every video
+    exactly once: what one indexes the other skips, as `in_progress` (naming the holder's pid) or as
+    already indexed, and nothing is left leased. (Measured: 3 + 5 videos, 8 skipped as in progress.)"""
+    from storage import open_archive
+    from tasks.index import shutdown_workers
+    from tasks.samples import make_sample_videos
+    from tasks.video import video_id
+
+    shutdown_workers()  # each run's encode actor needs one of the shared Ray's 2 CPUs
+    vids = tmp_path / "vids"
+    make_sample_videos(vids, count=8, seconds=8.0, seed=41)
+    ids = {video_id(str(p)) for p in vids.glob("*.mp4")}
+    uri = str(tmp_path / "archive")
+    address = ray_session.get_runtime_context().gcs_address
+    cmd = [sys.executable, "-m", "flows.cli", "index", str(vids), "--archive", uri, "--fps", "3",
+           "--workers", "1", "--ray-address", address, "--json", "--no-flow"]
+    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    # both start together, as two operators' runs would; each lists the archive and leases video by video
+    first, second = (subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True) for _ in range(2))
+    outs = [p.communicate(timeout=300) for p in (first, second)]
+    for p, (_out, err) in zip((first, second), outs, strict=True):
+        assert p.returncode == 0, err[-2000:]
+    rep_a, rep_b = (json.loads(out) for out, _ in outs)
+    done_a = {v["video_id"] for v in rep_a["indexed"]}
+    done_b = {v["video_id"] for v in rep_b["indexed"]}
+    assert done_a.isdisjoint(done_b) and done_a | done_b == ids  # each video encoded once, none missed
+    assert {s["video_id"] for s in rep_b["skipped"]} == done_a
+    assert {s["video_id"] for s in rep_a["skipped"]} == done_b
+    busy = [s for s in rep_a["skipped"] + rep_b["skipped"] if s["reason"] == "in_progress"]
+    assert busy, "the two runs did not overlap (no video was skipped as in progress)"
+    for s in busy:  # the holder (host:pid:run) is the run that indexed the video
+        holder = second if s["video_id"] in done_b else first
+        assert s["holder"].split(":")[1] == str(holder.pid), s
+    arch = open_archive(uri)
+    rows = arch.list_videos()
+    assert len(rows) == 8 and {r.video_id for r in rows} == ids and all(r.status == "indexed" for r in rows)
+    assert arch.list_leases() == [] and arch.verify().ok

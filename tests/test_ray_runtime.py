@@ -85,6 +85,59 @@ ray.shutdown()
             os.killpg(head.pid, signal.SIGKILL)
 
 
+CONNECT = """
+from tasks.ray_runtime import RayUnavailable, ensure_ray
+try:
+    info = ensure_ray(ADDRESS)
+    print("CONNECTED", info.started_here)
+except RayUnavailable as exc:
+    print("REFUSED", exc)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_token_auth_a_wrong_token_names_the_fix_and_the_right_one_connects():
+    """A cluster started with token authentication (`RAY_AUTH_MODE=token`): a run given a wrong token
+    ends with `RayUnavailable` that names RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH (Ray itself reports
+    only a failure to connect, the cause in repeated warnings: issue 15); the right token connects
+    to that cluster rather than starting one."""
+    port = _free_port()
+    token = "vxl" + "0123456789abcdef" * 2
+    env = {**_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    head = subprocess.Popen([RAY, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+                             "--block", "--disable-usage-stats"], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        current = Path("/tmp/ray/ray_current_cluster")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if current.is_file() and current.read_text().strip().endswith(f":{port}"):
+                address = current.read_text().strip()
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the token-auth cluster (ray start --head) did not come up")
+        code = CONNECT.replace("ADDRESS", repr(address))
+
+        def connect(with_token: str) -> str:
+            out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**env, "RAY_AUTH_TOKEN": with_token},
+                                 capture_output=True, text=True, timeout=120)
+            assert out.returncode == 0, out.stderr[-3000:]
+            return out.stdout
+
+        wrong = connect("wrong" + token[5:])
+        assert wrong.startswith("REFUSED"), wrong
+        assert address in wrong and "RAY_AUTH_TOKEN" in wrong and "RAY_AUTH_TOKEN_PATH" in wrong, wrong
+        assert connect(token).strip() == "CONNECTED False"  # joined the cluster, did not start one
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+
+
 DRIVER = """
 import sys, time
 from tasks.ray_runtime import ensure_ray
