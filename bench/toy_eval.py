@@ -30,8 +30,9 @@ def plot_curve(run_dir: Path, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     hist = json.loads((run_dir / "final" / "config.json").read_text())["vxl_training"]
-    log = run_dir / "train_log.jsonl"
-    rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.is_file() else []
+    from tasks.train_ray import read_log
+
+    rows = read_log(run_dir)  # the last line per step: a resumed run logs the redone steps again
     steps = [r["step"] for r in rows] or list(range(1, hist["steps_done"] + 1))
     losses = [r["loss"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 3.5))

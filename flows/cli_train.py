@@ -77,7 +77,7 @@ def _fail(message: str, kind: str, as_json: bool) -> None:
 def train(
     out: str = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, frame cache, train_log.jsonl, "
                                                       "final/ (the trained model)."),
-    data: list[str] = typer.Option(None, "--data", help="Training data (repeatable): toy:COUNT[:SEED], a folder "
+    data: list[str] = typer.Option(None, "--data", help="Training data (repeatable): toy:COUNT[:SEED][:scenes=N][:seconds=A-B], a folder "
                                    "of videos with NAME.json ground truth, or a LLaVA .json/.jsonl. Default toy:400."),
     model: str = typer.Option("toy-init", "--model", help="'toy-init' (a fresh toy-size model) or a Video-XL "
                                                           "checkpoint folder to fine-tune."),

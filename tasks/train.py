@@ -1,9 +1,12 @@
 """Training Video-XL: data preparation (decode once, cache), the training loop, checkpoints.
 
 Data sources (`TrainConfig.data`, any mix):
-- `toy:COUNT[:SEED]`: COUNT toy-family videos (`tasks.samples.plan_toy_video`, seeds
-  `SEED * 1_000_000 + i`), rendered at their own resolution at the sampled times only (no file is
-  written) and resized as the model resizes; questions from `tasks.qa`, fresh ones every epoch.
+- `toy:COUNT[:SEED][:scenes=N][:seconds=A-B]`: COUNT toy-family videos (`tasks.samples.plan_toy_video`,
+  seeds `SEED * 1_000_000 + i`), rendered at their own resolution at the sampled times only (no file
+  is written) and resized as the model resizes; questions from `tasks.qa`, fresh ones every epoch.
+  `scenes` and `seconds` narrow the family (`plan_toy_video`'s `num_scenes` and `scene_s`), e.g.
+  `toy:400:2:scenes=2:seconds=2-4`: short videos, on which a fresh LLM first learns to find the
+  object (docs/EVALUATION.md, stage 3).
 - a folder: every video in it (`tasks.video.discover`) that has a ground-truth JSON next to it
   (`vxl sample-videos`, `tasks.samples.make_toy_videos`), decoded as the index decodes; questions
   from `tasks.qa`.
@@ -172,6 +175,9 @@ class TrainConfig:
             bad(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
         if not self.data:
             bad("no training data: give --data toy:COUNT, a folder of videos with truth JSON, or a LLaVA .json")
+        for src in self.data:
+            if src.startswith("toy:"):
+                parse_toy_source(src)  # a malformed toy source is a usage error before Ray starts
         try:
             Curriculum.parse(self.curriculum, self.seed)
         except ValueError as exc:
@@ -325,15 +331,11 @@ def prepare_data(cfg: TrainConfig, vx=None, progress: Callable[[int, int, str], 
     jobs: list[tuple[str, Callable[[], tuple[np.ndarray, np.ndarray]], dict]] = []
     for src in cfg.data:
         if src.startswith("toy:"):
-            parts = src.split(":")
-            try:
-                count = int(parts[1])
-                base = int(parts[2]) if len(parts) > 2 else 0
-            except (IndexError, ValueError):
-                raise TrainError("usage", f"data source {src!r}: expected toy:COUNT[:SEED]") from None
+            count, base, plan_kw, tag = parse_toy_source(src)
             for i in range(count):
                 seed = base * 1_000_000 + i
-                jobs.append((f"toy-{seed}", _toy_renderer(seed, cfg), {"source": src, "seed": seed}))
+                jobs.append((f"toy-{seed}{tag}", _toy_renderer(seed, cfg, plan_kw),
+                             {"source": src, "seed": seed, "plan_kw": plan_kw}))
             continue
         p = Path(src)
         if p.is_dir():
@@ -392,7 +394,7 @@ def prepare_data(cfg: TrainConfig, vx=None, progress: Callable[[int, int, str], 
         elif "seed" in meta:
             from tasks.samples import plan_toy_video
 
-            truth = plan_toy_video(meta["seed"])
+            truth = plan_toy_video(meta["seed"], **meta["plan_kw"])
         items.append(Item(key=key, frames=str(fpath), source=meta["source"], truth=truth, turns=meta.get("turns"),
                           embeddings=str(epath) if want_emb else None))
         if progress:
@@ -401,12 +403,52 @@ def prepare_data(cfg: TrainConfig, vx=None, progress: Callable[[int, int, str], 
     return items
 
 
-def _toy_renderer(seed: int, cfg: TrainConfig):
+def parse_toy_source(src: str) -> tuple[int, int, dict, str]:
+    """`toy:COUNT[:SEED][:scenes=N][:seconds=A-B]` -> (count, seed base, `plan_toy_video` keyword
+    arguments, cache-key suffix).
+
+    Raises:
+        TrainError(kind="usage"): a malformed source, or parameters `plan_toy_video` refuses.
+    """
+    from tasks.samples import plan_toy_video
+
+    usage = f"data source {src!r}: expected toy:COUNT[:SEED][:scenes=N][:seconds=A-B]"
+    parts = src.split(":")[1:]
+    plan_kw: dict = {}
+    try:
+        count = int(parts[0])
+        base = int(parts[1]) if len(parts) > 1 and "=" not in parts[1] else 0
+        for part in parts[1 + (len(parts) > 1 and "=" not in parts[1]):]:
+            key, _, value = part.partition("=")
+            if key == "scenes" and "num_scenes" not in plan_kw:
+                plan_kw["num_scenes"] = int(value)
+            elif key == "seconds" and "scene_s" not in plan_kw:
+                lo, _, hi = value.partition("-")
+                plan_kw["scene_s"] = (float(lo), float(hi))
+            else:
+                raise ValueError(part)
+    except (IndexError, ValueError):
+        raise TrainError("usage", usage) from None
+    if count < 1 or base < 0:
+        raise TrainError("usage", f"{usage}; COUNT >= 1 and SEED >= 0")
+    try:
+        plan_toy_video(base * 1_000_000, **plan_kw)
+    except ValueError as exc:
+        raise TrainError("usage", f"data source {src!r}: {exc}") from None
+    tag = ""
+    if "num_scenes" in plan_kw:
+        tag += f"-scenes{plan_kw['num_scenes']}"
+    if "scene_s" in plan_kw:
+        tag += "-s{:g}to{:g}".format(*plan_kw["scene_s"])
+    return count, base, plan_kw, tag
+
+
+def _toy_renderer(seed: int, cfg: TrainConfig, plan_kw: dict | None = None):
     def render():
         from tasks.samples import plan_toy_video, render_frames
         from tasks.video import sample_indices
 
-        truth = plan_toy_video(seed)
+        truth = plan_toy_video(seed, **(plan_kw or {}))
         idx = sample_indices(truth["num_frames"], truth["fps"], fps=cfg.fps, max_frames=cfg.max_frames)
         return np.stack(list(render_frames(truth, only=idx)))
 

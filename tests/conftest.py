@@ -78,17 +78,20 @@ def ray_session():
 
 # Modules whose tests start Ray (a private local instance, `vxl index`/`train`/`eval` runs, Ray
 # workers behind a Prefect server) or measure wall-clock timeouts. `make test` runs the suite on two
-# pytest-xdist workers with `--dist loadgroup`: these modules go, in order, to one worker (one Ray
-# at a time on the machine, module-scoped `ray_session` fixtures kept), and the other tests spread
-# over both. Two local Rays side by side do work (random ports); what this avoids is two of them
-# competing for 2 cores inside the Ray tests' own timeouts.
-RAY_MODULES = frozenset({
-    "test_ask_library", "test_deployments", "test_evaluate", "test_index_metrics", "test_index_numerics",
-    "test_index_pipeline", "test_index_timeout", "test_ray_runtime", "test_train_distributed", "test_vico_flow",
-})
+# pytest-xdist workers with `--dist loadgroup`: each group's modules run in order on one worker
+# (module-scoped `ray_session` fixtures kept; at most two Rays on the machine, which works: each
+# local Ray takes random ports), and every other test goes to whichever worker is free. The groups
+# are balanced by measured duration (`make test` prints the slowest tests).
+RAY_GROUPS = {
+    "test_deployments": "ray-a", "test_ray_runtime": "ray-a", "test_index_timeout": "ray-a",
+    "test_ask_library": "ray-a", "test_vico_flow": "ray-a",
+    "test_index_pipeline": "ray-b", "test_evaluate": "ray-b", "test_train_distributed": "ray-b",
+    "test_index_numerics": "ray-b", "test_index_metrics": "ray-b",
+}
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.module is not None and item.module.__name__.rpartition(".")[2] in RAY_MODULES:
-            item.add_marker(pytest.mark.xdist_group("ray"))
+        group = RAY_GROUPS.get(item.module.__name__.rpartition(".")[2]) if item.module is not None else None
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))

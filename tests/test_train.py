@@ -270,3 +270,36 @@ def test_frames_objective_trains_only_the_vision_side_and_resumes(tmp_path):
                                                      truth=None, turns=[["q", "a"]])])
     with pytest.raises(TrainError, match="--objective"):
         TrainConfig(out=str(tmp_path / "x"), objective="pixels").validate()
+
+
+def test_toy_source_parameters_narrow_the_family(tmp_path):
+    """`toy:COUNT:SEED:scenes=N:seconds=A-B` trains on `plan_toy_video(seed, num_scenes=N,
+    scene_s=(A, B))` videos (the short videos of stage 3): the items' truths and cached frame counts
+    are those of that plan, in a cache entry of their own; malformed sources are usage errors."""
+    from tasks.samples import plan_toy_video
+    from tasks.train import TrainError, parse_toy_source
+    from tasks.video import sample_indices
+
+    assert parse_toy_source("toy:5") == (5, 0, {}, "")
+    assert parse_toy_source("toy:5:3:scenes=2:seconds=2-4") == (
+        5, 3, {"num_scenes": 2, "scene_s": (2.0, 4.0)}, "-scenes2-s2to4")
+    assert parse_toy_source("toy:5:seconds=2.5-6") == (5, 0, {"scene_s": (2.5, 6.0)}, "-s2.5to6")
+    for bad in ("toy:x", "toy:5:3:scene=2", "toy:5:3:seconds=4", "toy:0", "toy:5:3:scenes=2:scenes=3",
+                "toy:5:3:scenes=99"):
+        with pytest.raises(TrainError) as err:
+            parse_toy_source(bad)
+        assert err.value.kind == "usage" and bad in str(err.value)
+    with pytest.raises(TrainError, match="scenes=N"):
+        TrainConfig(out=str(tmp_path / "bad"), data=["toy:4:1:scene=2"]).validate()
+
+    cfg = TrainConfig(out=str(tmp_path / "run"), data=["toy:3:4:scenes=2:seconds=2-4", "toy:1:4"])
+    items = prepare_data(cfg)
+    assert [i.key for i in items] == ["toy-4000000-scenes2-s2to4", "toy-4000001-scenes2-s2to4",
+                                      "toy-4000002-scenes2-s2to4", "toy-4000000"]
+    for n, item in enumerate(items[:3]):
+        truth = plan_toy_video(4_000_000 + n, num_scenes=2, scene_s=(2.0, 4.0))
+        assert item.truth == truth and len(truth["scenes"]) == 2
+        assert all(2.0 <= s["end_s"] - s["start_s"] <= 4.0 for s in truth["scenes"])
+        assert np.load(item.frames).shape[0] == len(sample_indices(truth["num_frames"], truth["fps"], fps=1.0,
+                                                                   max_frames=128))
+    assert items[3].truth == plan_toy_video(4_000_000)  # the same seed without parameters: the whole family
