@@ -81,6 +81,9 @@ def train(
                                    "of videos with NAME.json ground truth, or a LLaVA .json/.jsonl. Default toy:400."),
     model: str = typer.Option("toy-init", "--model", help="'toy-init' (a fresh toy-size model) or a Video-XL "
                                                           "checkpoint folder to fine-tune."),
+    init_vision: str = typer.Option(None, "--init-vision", help="A checkpoint folder whose vision tower and "
+                                    "projector replace --model's before training (e.g. --model toy-init on a tower "
+                                    "pretrained with --objective frames)."),
     video_root: str = typer.Option(None, "--video-root", help="Folder of a LLaVA file's relative video paths "
                                                               "(default: the file's folder)."),
     steps: int = typer.Option(1000, "--steps", help="Optimizer steps."),
@@ -132,7 +135,7 @@ def train(
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from tasks.train import TrainConfig, TrainError
 
-    kw = dict(data=list(data) if data else ["toy:400"], model=model, video_root=video_root, steps=steps,
+    kw = dict(data=list(data) if data else ["toy:400"], model=model, init_vision=init_vision, video_root=video_root, steps=steps,
               batch_size=batch_size, lr=lr, vision_lr=vision_lr, warmup_steps=warmup_steps,
               trainable=[t.strip() for t in trainable.split(",") if t.strip()], curriculum=curriculum,
               planner=planner, questions_per_sample=questions_per_sample, fps=fps, max_frames=max_frames,

@@ -55,6 +55,7 @@ def train_videoxl(
     precision: str = "auto",
     cache_dir: str | None = None,
     objective: str = "answers",
+    init_vision: str | None = None,
     ray_address: str | None = None,
     local: bool = False,
 ) -> dict:
@@ -74,7 +75,7 @@ def train_videoxl(
         TrainError: `usage`/`data` (before Ray starts), `train` (a worker or Ray Train failed).
     """
     reject_templates("train-videoxl", out=out, data=data, model=model, video_root=video_root, cache_dir=cache_dir,
-                     ray_address=ray_address)
+                     ray_address=ray_address, init_vision=init_vision)
     kw = {k: v for k, v in dict(data=data, trainable=trainable, question_types=question_types).items() if v is not None}
     cfg = TrainConfig(out=str(Path(out).resolve()), model=model, video_root=video_root, steps=steps, batch_size=batch_size, lr=lr,
                       vision_lr=vision_lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
@@ -82,7 +83,8 @@ def train_videoxl(
                       questions_per_sample=questions_per_sample, fps=fps, max_frames=max_frames, seed=seed,
                       checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
                       grad_checkpointing=grad_checkpointing, num_workers=num_workers, use_gpu=use_gpu,
-                      strategy=strategy, precision=precision, cache_dir=cache_dir, objective=objective, **kw)
+                      strategy=strategy, precision=precision, cache_dir=cache_dir, objective=objective,
+                      init_vision=init_vision, **kw)
     cfg.validate()
     if not local and finished_result(cfg) is None:
         check_resources(cfg, ray_address)  # before the data is prepared

@@ -73,6 +73,9 @@ class TrainConfig:
         data: sources (module doc).
         model: `toy-init` (a fresh `toy` architecture, `model.config.toy_config`, seeded) or a
             Video-XL checkpoint folder to fine-tune.
+        init_vision: a checkpoint folder whose vision tower and projector replace `model`'s before
+            training (as LLaVA/Video-XL load a pretrained projector with `pretrain_mm_mlp_adapter`):
+            e.g. a fresh LLM (`toy-init`) on a tower pretrained with `objective="frames"`.
         video_root: folder of the LLaVA files' relative video paths (default: each file's folder).
         steps: optimizer steps.
         batch_size: samples per optimizer step, over all workers (a multiple of `num_workers`).
@@ -105,6 +108,7 @@ class TrainConfig:
     out: str
     data: list[str] = field(default_factory=lambda: ["toy:400"])
     model: str = TOY_INIT
+    init_vision: str | None = None
     video_root: str | None = None
     steps: int = 1000
     batch_size: int = 8
@@ -186,6 +190,8 @@ class TrainConfig:
             parse_toy_init(self.model)
         elif not Path(self.model).is_dir():
             bad(f"--model {self.model!r} is neither {TOY_INIT!r} nor a checkpoint folder")
+        if self.init_vision is not None and not Path(self.init_vision).is_dir():
+            bad(f"--init-vision {self.init_vision!r} is not a checkpoint folder")
 
     @property
     def cache(self) -> Path:
@@ -202,6 +208,7 @@ class TrainConfig:
 
         return replace(
             self, out=ab(self.out), cache_dir=ab(self.cache_dir), video_root=ab(self.video_root),
+            init_vision=ab(self.init_vision),
             model=self.model if self.model.startswith(TOY_INIT) else ab(self.model),
             data=[d if d.startswith("toy:") else ab(d) for d in self.data])
 
@@ -279,8 +286,41 @@ def load_for_training(cfg: TrainConfig, device=None):
     from model.video_xl import load_model
 
     if cfg.model.startswith(TOY_INIT):
-        return fresh_toy_model(cfg.seed, device, **parse_toy_init(cfg.model))
-    return load_model(cfg.model, dtype="float32", device=device)
+        vx = fresh_toy_model(cfg.seed, device, **parse_toy_init(cfg.model))
+    else:
+        vx = load_model(cfg.model, dtype="float32", device=device)
+    if cfg.init_vision:
+        vx = load_vision_from(vx, Path(cfg.init_vision))
+    return vx
+
+
+def load_vision_from(vx, folder: Path):
+    """`vx` with its vision tower and projector (`model.training.part_of` in {vision, projector})
+    replaced by those of the checkpoint `folder` (the module is changed in place; the returned
+    `VideoXL` carries the new weights' fingerprint). The LLM and the VST parameters are untouched.
+
+    Raises:
+        TrainError(kind="model"): the folder has no weights, or lacks one of these tensors, or has
+            one of another shape (another architecture).
+    """
+    from model.checkpoint import read_safetensors, to_module_keys
+    from model.training import part_of
+    from model.video_xl import VideoXL, _weights_digest
+
+    try:
+        weights = to_module_keys(read_safetensors(folder))
+    except FileNotFoundError as exc:
+        raise TrainError("model", f"--init-vision {folder}: {exc}") from None
+    state = vx.model.state_dict()
+    wanted = [k for k in state if part_of(k) in ("vision", "projector")]
+    missing = [k for k in wanted if k not in weights]
+    other = [k for k in wanted if k in weights and weights[k].shape != state[k].shape]
+    if not wanted or missing or other:
+        raise TrainError("model", f"--init-vision {folder}: not the vision tower and projector of this model "
+                                  f"({len(missing)} missing, e.g. {missing[:2]}; {len(other)} of another shape, "
+                                  f"e.g. {other[:2]})")
+    vx.model.load_state_dict({k: weights[k] for k in wanted}, strict=False)
+    return VideoXL(vx.model, vx.tokenizer, vx.name, _weights_digest(vx.model.state_dict()))
 
 
 # -- data -----------------------------------------------------------------------------------------

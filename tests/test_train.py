@@ -303,3 +303,35 @@ def test_toy_source_parameters_narrow_the_family(tmp_path):
         assert np.load(item.frames).shape[0] == len(sample_indices(truth["num_frames"], truth["fps"], fps=1.0,
                                                                    max_frames=128))
     assert items[3].truth == plan_toy_video(4_000_000)  # the same seed without parameters: the whole family
+
+
+def test_init_vision_puts_a_pretrained_tower_under_a_fresh_llm(tmp_path):
+    """`init_vision`: the vision tower and projector come from the given checkpoint, every other
+    tensor (LLM, VSTs) is the fresh seeded model's, and the fingerprint follows the new weights; a
+    checkpoint of another architecture or a folder without weights is refused by name."""
+    from model.training import part_of
+    from tasks.train import TrainError, load_for_training
+
+    donor = fresh_toy_model(seed=5)
+    donor.save_pretrained(tmp_path / "donor")
+    fresh = fresh_toy_model(seed=0)
+    vx = load_for_training(TrainConfig(out=str(tmp_path / "run"), init_vision=str(tmp_path / "donor")))
+    got, want_llm, want_vis = vx.model.state_dict(), fresh.model.state_dict(), donor.model.state_dict()
+    parts = {part_of(k) for k in got}
+    assert {"vision", "projector", "llm", "vst"} <= parts
+    for k, v in got.items():
+        ref = want_vis[k] if part_of(k) in ("vision", "projector") else want_llm[k]
+        assert torch.equal(v, ref), k
+    proj = next(k for k in got if part_of(k) == "projector")
+    assert not torch.equal(want_vis[proj], want_llm[proj])  # the two seeds differ: the test can fail
+    assert vx.fingerprint not in (fresh.fingerprint, donor.fingerprint)
+
+    other = fresh_toy_model(seed=0, image_size=32)
+    other.save_pretrained(tmp_path / "other")
+    (tmp_path / "empty").mkdir()
+    for folder, match in ((tmp_path / "other", "of another shape"), (tmp_path / "empty", "--init-vision")):
+        with pytest.raises(TrainError, match=match) as err:
+            load_for_training(TrainConfig(out=str(tmp_path / "run"), init_vision=str(folder)))
+        assert err.value.kind == "model" and str(folder) in str(err.value)
+    with pytest.raises(TrainError, match="--init-vision"):
+        TrainConfig(out=str(tmp_path / "x"), init_vision=str(tmp_path / "missing")).validate()
