@@ -35,7 +35,7 @@ install: $(BIN)/vxl
 
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q -n 2 --dist loadgroup --durations=25
+	$(BIN)/pytest -q -n 2 --dist loadfile --durations=25
 
 demo: install
 	$(BIN)/vxl demo

@@ -6,6 +6,11 @@
 - `sample_dir`: real H.264 sample videos (+ event JSON) made once per session with
   `tasks.samples.make_sample_videos`.
 - `archive`: a fresh archive in a temporary folder.
+
+`make test` runs the suite on two pytest-xdist workers, one test module at a time per worker
+(`--dist loadfile`): module-scoped fixtures (a module's Ray, its corpus) are made once, and at
+most two Rays run on the machine at once, which works (each private local Ray takes free ports;
+`tasks.reaper` spares processes that the other worker starts).
 """
 
 from __future__ import annotations
@@ -75,23 +80,3 @@ def ray_session():
     shutdown_workers()
     ray.shutdown()
 
-
-# Modules whose tests start Ray (a private local instance, `vxl index`/`train`/`eval` runs, Ray
-# workers behind a Prefect server) or measure wall-clock timeouts. `make test` runs the suite on two
-# pytest-xdist workers with `--dist loadgroup`: each group's modules run in order on one worker
-# (module-scoped `ray_session` fixtures kept; at most two Rays on the machine, which works: each
-# local Ray takes random ports), and every other test goes to whichever worker is free. The groups
-# are balanced by measured duration (`make test` prints the slowest tests).
-RAY_GROUPS = {
-    "test_deployments": "ray-a", "test_ray_runtime": "ray-a", "test_index_timeout": "ray-a",
-    "test_ask_library": "ray-a", "test_vico_flow": "ray-a",
-    "test_index_pipeline": "ray-b", "test_evaluate": "ray-b", "test_train_distributed": "ray-b",
-    "test_index_numerics": "ray-b", "test_index_metrics": "ray-b",
-}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        group = RAY_GROUPS.get(item.module.__name__.rpartition(".")[2]) if item.module is not None else None
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))
