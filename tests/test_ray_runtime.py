@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -29,15 +31,39 @@ def _env() -> dict:
     return env
 
 
+def _start_head(env: dict) -> tuple[subprocess.Popen, str]:
+    """`ray start --head --block` in its own process group (the test kills the group); returns it
+    and the address it prints once up. (Not /tmp/ray/ray_current_cluster: a Ray started meanwhile by
+    another test process on the machine rewrites that file.)"""
+    port = _free_port()
+    head = subprocess.Popen([RAY, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+                             "--block", "--disable-usage-stats"], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in head.stdout:  # ends when the process does; the test's timeout bounds a hang
+        seen.append(line)
+        found = re.search(r"ray start --address='([^']+)'", line)
+        if found and found.group(1).endswith(f":{port}"):
+            threading.Thread(target=head.stdout.read, daemon=True).start()  # keep the pipe drained
+            return head, found.group(1)
+    raise AssertionError("ray start --head did not come up: " + "".join(seen)[-3000:])
+
+
+def _stop_head(head: subprocess.Popen) -> None:
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_local_by_default_never_joins_a_cluster_started_on_the_machine():
     """With a cluster started by `ray start --head` on this machine, a run without --ray-address /
     RAY_ADDRESS still gets a private local instance (plain `ray.init()` joined the other cluster),
-    and says so; `address='auto'` joins the machine's cluster on request."""
-    port = _free_port()
-    head = subprocess.Popen([RAY, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-                             "--block", "--disable-usage-stats"], env=_env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    and says so."""
+    head, address = _start_head(_env())
     try:
         code = """
 import json, ray
@@ -55,14 +81,6 @@ print("RESULT", json.dumps({"started": info.started_here, "gcs": ray.get_runtime
                             "worker_secret": ray.get(secret_seen.remote())}))
 ray.shutdown()
 """
-        current = Path("/tmp/ray/ray_current_cluster")  # where ray.init() finds the machine's cluster
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:  # wait for the other cluster to be up and advertised
-            if current.is_file() and current.read_text().strip().endswith(f":{port}"):
-                break
-            time.sleep(0.5)
-        else:
-            pytest.fail("the machine's cluster (ray start --head) did not come up")
         secrets = {"AWS_SECRET_ACCESS_KEY": "s3cr3t-value", "AWS_ACCESS_KEY_ID": "AKIDVXLTEST",
                    "PREFECT_API_KEY": "pnu_vxltest", "AWS_REGION": "eu-west-1"}
         out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**_env(), **secrets}, capture_output=True,
@@ -70,7 +88,7 @@ ray.shutdown()
         assert out.returncode == 0, out.stderr[-3000:]
         res = json.loads(out.stdout.split("RESULT", 1)[1])
         assert res["started"] is True
-        assert not res["gcs"].endswith(f":{port}"), f"joined the machine's cluster at port {port}: {res}"
+        assert res["gcs"] != address, f"joined the machine's cluster at {address}: {res}"
         assert res["describe"].startswith("Ray: a private local Ray started for this run"), res
         # credentials never travel in the runtime_env (readable in the dashboard and state API) ...
         assert not {"AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "PREFECT_API_KEY"} & set(res["job_env"]), res
@@ -78,11 +96,7 @@ ray.shutdown()
         # ... yet a local Ray's workers have them, from the environment they inherit
         assert res["worker_secret"] == "s3cr3t-value"
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+        _stop_head(head)
 
 
 CONNECT = """
@@ -102,22 +116,10 @@ def test_token_auth_a_wrong_token_names_the_fix_and_the_right_one_connects():
     ends with `RayUnavailable` that names RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH (Ray itself reports
     only a failure to connect, the cause in repeated warnings: issue 15); the right token connects
     to that cluster rather than starting one."""
-    port = _free_port()
     token = "vxl" + "0123456789abcdef" * 2
     env = {**_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
-    head = subprocess.Popen([RAY, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-                             "--block", "--disable-usage-stats"], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    head, address = _start_head(env)
     try:
-        current = Path("/tmp/ray/ray_current_cluster")
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if current.is_file() and current.read_text().strip().endswith(f":{port}"):
-                address = current.read_text().strip()
-                break
-            time.sleep(0.5)
-        else:
-            pytest.fail("the token-auth cluster (ray start --head) did not come up")
         code = CONNECT.replace("ADDRESS", repr(address))
 
         def connect(with_token: str) -> str:
@@ -131,11 +133,7 @@ def test_token_auth_a_wrong_token_names_the_fix_and_the_right_one_connects():
         assert address in wrong and "RAY_AUTH_TOKEN" in wrong and "RAY_AUTH_TOKEN_PATH" in wrong, wrong
         assert connect(token).strip() == "CONNECTED False"  # joined the cluster, did not start one
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+        _stop_head(head)
 
 
 DRIVER = """
