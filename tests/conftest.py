@@ -15,7 +15,10 @@ most two Rays run on the machine at once, which works (each private local Ray ta
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,6 +32,13 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 # The ephemeral API server must start within this many seconds (default 20): on 2 loaded cores the
 # first start has been seen to take longer ("Timed out while attempting to connect to ephemeral Prefect API").
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+# Each test process (each pytest-xdist worker) gets its own Prefect home: the ephemeral API server
+# keeps its SQLite database there, and two workers on one database file would contend for its lock.
+# It also keeps the tests off the user's ~/.prefect. Tests that need their own (a real server) set it.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="vxl-test-prefect-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
 
 ORACLE = Path(__file__).parent / "data" / "oracle"
 
