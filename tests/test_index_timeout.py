@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent("""
              runtime_env={{"env_vars": {{"PYTHONPATH": {repo!r}}},
                           "worker_process_setup_hook": "tests.fault_hooks.install_decode_fault"}})
     ensure_ray()  # joins the Ray initialised above
-    rep = run_index([{videos!r}], {archive!r}, make_options("tiny", max_frames=6, workers=1, decode_timeout_s=12.0))
+    rep = run_index([{videos!r}], {archive!r}, make_options("tiny", max_frames=6, workers=1, decode_timeout_s=20.0))
     print(json.dumps({{"exit": rep.exit_code, "indexed": [v["source_uri"] for v in rep.indexed],
                       "failed": rep.failed}}))
     ray.shutdown()
@@ -41,8 +41,9 @@ def test_stuck_or_crashing_decode_is_reported_and_the_run_finishes(tmp_path, fau
 
     videos = tmp_path / "videos"
     make_sample_videos(videos, count=1, seconds=4.0, seed=5)
-    # decode timeout 12 s (was 4 s): it counts from submission, so it includes a cold Ray worker start,
-    # which took over 4 s on 2 loaded cores (a good file was reported as timed out)
+    # decode timeout 20 s (was 4, then 12 s): it counts from submission, so it includes a cold Ray worker start,
+    # which took over 4 s on 2 loaded cores (a good file was reported as timed out), and under
+    # pytest-xdist another test module's Ray shares those cores
     shutil.copy(videos / "sample_00.mp4", videos / "stuck.mp4")
     with open(videos / "stuck.mp4", "ab") as f:
         f.write(b"\0")  # another video id
