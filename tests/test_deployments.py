@@ -105,6 +105,7 @@ print("RESULT " + json.dumps(out))
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # about 150 s alone on 2 cores; several times that while another test process runs
 def test_deployments_run_on_a_real_server(tmp_path):
     from tasks.qa import write_questions_file
     from tasks.samples import make_sample_videos
@@ -131,7 +132,7 @@ def test_deployments_run_on_a_real_server(tmp_path):
     try:
         start(str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port))
         start(str(BIN / "ray"), "start", "--head", f"--port={ray_port}", "--num-cpus=2", "--include-dashboard=false",
-              "--block", "--disable-usage-stats")
+              "--block", "--disable-usage-stats", RAY_raylet_start_wait_time_s="120")
         deadline = time.monotonic() + 120
         while True:
             try:

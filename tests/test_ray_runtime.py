@@ -36,6 +36,9 @@ def _start_head(env: dict) -> tuple[subprocess.Popen, str]:
     and the address it prints once up. (Not /tmp/ray/ray_current_cluster: a Ray started meanwhile by
     another test process on the machine rewrites that file.)"""
     port = _free_port()
+    # the raylet must register within RAY_raylet_start_wait_time_s (30 s by default): on 2 cores
+    # shared with another test process's Ray it has been seen to take longer
+    env = {"RAY_raylet_start_wait_time_s": "120", **env}
     head = subprocess.Popen([RAY, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
                              "--block", "--disable-usage-stats"], env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
