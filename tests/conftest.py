@@ -89,4 +89,3 @@ def ray_session():
 
     shutdown_workers()
     ray.shutdown()
-
