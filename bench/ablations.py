@@ -68,6 +68,7 @@ def main() -> None:
     a = ap.parse_args()
 
     from tasks.evaluate import compare_runs, wilson_interval
+    from tasks.evaluate import EvalOptions
     from tasks.evaluate import run_eval as _run_eval
 
     models = dict(m.split("=", 1) for m in a.models)
@@ -79,7 +80,9 @@ def main() -> None:
         model = kw.pop("model", a.model)
         archive = a.out / "archives" / f"{a.experiment}-{label.replace(' ', '_')}"
         t = time.perf_counter()
-        res = _run_eval(str(archive), str(qfile), model=model, run_name=label, **kw)
+        index_options = kw.pop("index_options", None)
+        res = _run_eval(EvalOptions(archive=str(archive), questions_file=str(qfile), model=model, run_name=label, **kw),
+                        index_options=index_options)
         res["seconds"] = time.perf_counter() - t
         ttft = [r.get("ttft_s") for r in res["results"] if r.get("ttft_s") is not None]
         res["ttft_median_s"] = sorted(ttft)[len(ttft) // 2] if ttft else None

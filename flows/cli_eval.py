@@ -10,6 +10,7 @@ Exit status: 0 success; 1 infrastructure (archive, Ray, model); 2 usage (bad fil
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -81,81 +82,83 @@ def plot_runs(runs: list[dict], out: Path) -> None:
     fig.savefig(out, dpi=120)
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("eval")
-    def eval_cmd(
-        archive: str = typer.Option(None, "--archive", "-a", help="Archive URI. Default: $VXL_ARCHIVE or ./archive."),
-        questions: str = typer.Option(None, "--questions", "-q",
-                                      help="Question file: MLVU / Video-MME / LongVideoBench / vxl layout."),
-        videos: str = typer.Option(None, "--videos", help="Folder the file's relative video names are under "
-                                   "(default: the question file's folder)."),
-        model: str = typer.Option("tiny", "--model", help="'tiny', 'toy' (trained, shipped) or a checkpoint folder."),
-        top_windows: int = typer.Option(None, "--top-windows", help="Answer from the K windows closest to the question."),
-        no_index: bool = typer.Option(False, "--no-index", help="Do not index missing videos; report them."),
-        layout: str = typer.Option(None, "--layout", help="Force the file layout (mlvu, videomme, longvideobench, vxl)."),
-        name: str = typer.Option(None, "--name", help="Run name (stored with the results; for --compare)."),
-        output: Path = typer.Option(None, "--output", "-o", help="Also write the full results JSON here."),
-        compare: list[str] = typer.Option(None, "--compare", help="Two result JSON files (from --output) to compare "
-                                          "per type (McNemar's exact test). Repeat: --compare A --compare B."),
-        plot: Path = typer.Option(None, "--plot", help="PNG: accuracy by question type (and by run with --compare)."),
-        workers: int = typer.Option(None, "--workers", help="Ray answer actors."),
-        ray_address: str = typer.Option(None, "--ray-address", help="Ray cluster (default: a local Ray)."),
-        force: bool = typer.Option(False, "--force", help="Answer again questions already answered."),
-        as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    ) -> None:
-        """Score a benchmark's multiple-choice questions from the archive (option log-likelihood)."""
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-        from tasks.evaluate import EvalError, compare_runs
+def _extra_options() -> list[inspect.Parameter]:
+    """`vxl eval`'s own flags (the run's options are `tasks.evaluate.EvalOptions`'s fields)."""
+    def p(name, ann, default, *flags, help):
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=ann,
+                                 default=typer.Option(default, *flags, help=help))
 
-        if compare:
-            if len(compare) != 2 or questions:
-                raise _fail("--compare takes exactly two result files and no --questions", "usage", 2, as_json)
-            runs = []
-            for f in compare:
-                try:
-                    runs.append(json.loads(Path(f).read_text()))
-                except (OSError, json.JSONDecodeError) as exc:
-                    raise _fail(f"--compare {f}: not a results JSON written by vxl eval --output ({exc})", "usage", 2,
-                                as_json) from None
-            cmp = compare_runs(runs[0], runs[1])
-            if plot:
-                plot_runs(runs, plot)
-            if as_json:
-                typer.echo(json.dumps({"a": compare[0], "b": compare[1], "per_type": cmp}))
-                return
-            typer.echo(f"A = {compare[0]}, B = {compare[1]} (paired, common questions)")
-            typer.echo(f"{'type':28} {'n':>5} {'A':>7} {'B':>7} {'B-A':>7} {'A only':>7} {'B only':>7} {'p (McNemar)':>12}")
-            for t, d in cmp.items():
-                typer.echo(f"{t:28} {d['n']:5d} {_pct(d['a']):>7} {_pct(d['b']):>7} {d['difference'] * 100:+6.1f}p "
-                           f"{d['a_only']:7d} {d['b_only']:7d} {d['p_value']:12.4f}")
-            return
-        if not questions:
-            raise _fail("give --questions FILE (or --compare A B)", "usage", 2, as_json)
-        if top_windows is not None and top_windows < 0:
-            raise _fail(f"--top-windows must be >= 0, got {top_windows}", "usage", 2, as_json)
-        from tasks.evaluate import BenchmarkFileError, load_benchmark
+    return [
+        p("output", Path | None, None, "--output", "-o", help="Also write the full results JSON here."),
+        p("compare", list[str] | None, None, "--compare", help="Two result JSON files (from --output) to compare "
+          "per type (McNemar's exact test). Repeat: --compare A --compare B."),
+        p("plot", Path | None, None, "--plot", help="PNG: accuracy by question type (and by run with --compare)."),
+        p("ray_address", str | None, None, "--ray-address", help="Ray cluster (default: a local Ray)."),
+        p("as_json", bool, False, "--json", help="Print one JSON object."),
+    ]
 
-        try:  # usage errors before any Ray or Prefect start
-            load_benchmark(questions, layout)
-        except BenchmarkFileError as exc:
-            raise _fail(str(exc), "usage", 2, as_json) from None
-        from flows.evaluate import evaluate
-        from flows.outcome import run_flow
 
-        uri = archive or os.environ.get("VXL_ARCHIVE") or "archive"
+def _compare(files: list[str], plot: Path | None, as_json: bool) -> None:
+    from tasks.evaluate import compare_runs
+
+    runs = []
+    for f in files:
         try:
-            res = run_flow(evaluate, archive=uri, questions_file=questions, videos_dir=videos, model=model,
-                           top_windows=top_windows, index=not no_index, workers=workers, ray_address=ray_address,
-                           force=force, layout=layout, run_name=name)
-        except EvalError as exc:
-            raise _fail(str(exc), exc.kind, exc.exit_code, as_json) from None
-        if output:
-            output.write_text(json.dumps(res, indent=1, default=str))
-        if plot:
-            plot_runs([res], plot)
-        if as_json:
-            typer.echo(json.dumps(res, default=str))
-        else:
-            print_table(res)
-        if res["missing"]:
-            raise typer.Exit(3)
+            runs.append(json.loads(Path(f).read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise _fail(f"--compare {f}: not a results JSON written by vxl eval --output ({exc})", "usage", 2,
+                        as_json) from None
+    cmp = compare_runs(runs[0], runs[1])
+    if plot:
+        plot_runs(runs, plot)
+    if as_json:
+        typer.echo(json.dumps({"a": files[0], "b": files[1], "per_type": cmp}))
+        return
+    typer.echo(f"A = {files[0]}, B = {files[1]} (paired, common questions)")
+    typer.echo(f"{'type':28} {'n':>5} {'A':>7} {'B':>7} {'B-A':>7} {'A only':>7} {'B only':>7} {'p (McNemar)':>12}")
+    for t, d in cmp.items():
+        typer.echo(f"{t:28} {d['n']:5d} {_pct(d['a']):>7} {_pct(d['b']):>7} {d['difference'] * 100:+6.1f}p "
+                   f"{d['a_only']:7d} {d['b_only']:7d} {d['p_value']:12.4f}")
+
+
+def eval_cmd(options: dict, *, output: Path | None = None, compare: list[str] | None = None, plot: Path | None = None,
+             ray_address: str | None = None, as_json: bool = False) -> None:
+    """Score a benchmark's multiple-choice questions from the archive (option log-likelihood)."""
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from tasks.evaluate import EvalError, EvalOptions
+
+    if compare:
+        if len(compare) != 2 or options.get("questions_file"):
+            raise _fail("--compare takes exactly two result files and no --questions", "usage", 2, as_json)
+        _compare(compare, plot, as_json)
+        return
+    try:  # usage errors before any Ray or Prefect start
+        opts = EvalOptions.checked(**options)
+    except EvalError as exc:
+        raise _fail(str(exc), exc.kind, exc.exit_code, as_json) from None
+    from flows.evaluate import evaluate
+    from flows.outcome import run_flow
+
+    try:
+        res = run_flow(evaluate, options=opts.model_copy(update={"archive": opts.archive_uri}),
+                       ray_address=ray_address)
+    except EvalError as exc:
+        raise _fail(str(exc), exc.kind, exc.exit_code, as_json) from None
+    if output:
+        output.write_text(json.dumps(res, indent=1, default=str))
+    if plot:
+        plot_runs([res], plot)
+    if as_json:
+        typer.echo(json.dumps(res, default=str))
+    else:
+        print_table(res)
+    if res["missing"]:
+        raise typer.Exit(3)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `eval` to the `vxl` app (flags: `tasks.evaluate.EvalOptions` plus `_extra_options`)."""
+    from tasks.evaluate import EvalOptions
+    from tasks.options import cli_command
+
+    app.command("eval")(cli_command(EvalOptions, eval_cmd, extra=_extra_options()))

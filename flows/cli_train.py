@@ -11,6 +11,7 @@ Heavy imports (prefect, ray, torch) happen inside the command, so `vxl --help` s
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
@@ -74,55 +75,23 @@ def _fail(message: str, kind: str, as_json: bool) -> None:
     raise typer.Exit(code)
 
 
-def train(
-    out: str = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, frame cache, train_log.jsonl, "
-                                                      "final/ (the trained model)."),
-    data: list[str] = typer.Option(None, "--data", help="Training data (repeatable): toy:COUNT[:SEED][:scenes=N][:seconds=A-B], a folder "
-                                   "of videos with NAME.json ground truth, or a LLaVA .json/.jsonl. Default toy:400."),
-    model: str = typer.Option("toy-init", "--model", help="'toy-init' (a fresh toy-size model) or a Video-XL "
-                                                          "checkpoint folder to fine-tune."),
-    init_vision: str = typer.Option(None, "--init-vision", help="A checkpoint folder whose vision tower and "
-                                    "projector replace --model's before training (e.g. --model toy-init on a tower "
-                                    "pretrained with --objective frames)."),
-    video_root: str = typer.Option(None, "--video-root", help="Folder of a LLaVA file's relative video paths "
-                                                              "(default: the file's folder)."),
-    steps: int = typer.Option(1000, "--steps", help="Optimizer steps."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Samples per step over all workers (a multiple of "
-                                                           "--workers)."),
-    lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate (warmup, then cosine)."),
-    vision_lr: float = typer.Option(None, "--vision-lr", help="The vision tower's learning rate (default --lr)."),
-    warmup_steps: int = typer.Option(50, "--warmup-steps", help="Linear warmup steps."),
-    trainable: str = typer.Option("llm,projector,vision", "--trainable", help="Comma-separated parts to train: "
-                                  "vst, llm (includes vst), projector, vision."),
-    curriculum: str = typer.Option("0:2,4;300:2,4,8,12,16", "--curriculum", help="Compression-ratio sets by "
-                                   "step: 'STEP:R1,R2;STEP:...'; each window draws its ratio from the set in force."),
-    planner: str = typer.Option("fixed", "--planner", help="Chunk planner while training: fixed, dynamic (CLIP "
-                                                           "windows and ratios) or mixed."),
-    question_types: str = typer.Option(None, "--question-types", help="Comma-separated tasks.qa question types "
-                                       "drawn for ground-truth videos (default: all of them)."),
-    questions_per_sample: int = typer.Option(4, "--questions-per-sample", help="Question/answer turns per video "
-                                             "and step (each against the same memory)."),
-    objective: str = typer.Option("answers", "--objective", help="answers (the answer-token loss: Video-XL's "
-                                  "training) or frames (vision pretraining: the vision tower and projector learn "
-                                  "each frame's ground-truth background and object; truth-JSON data only)."),
-    fps: float = typer.Option(1.0, "--fps", help="Sampled frames per second of video (as vxl index)."),
-    max_frames: int = typer.Option(128, "--max-frames", help="At most this many frames per video."),
-    checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Steps between checkpoints (0: only at "
-                                                                         "the end)."),
-    keep_checkpoints: int = typer.Option(2, "--keep-checkpoints", help="Newest checkpoints kept."),
-    grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing", help="Recompute each window in "
-                                            "backward (less memory, about a third more compute)."),
-    workers: int = typer.Option(1, "--workers", help="Ray Train workers (DDP); one CPU, or one GPU with --gpu, "
-                                                     "each."),
-    gpu: bool = typer.Option(False, "--gpu", help="One GPU per worker (NCCL); bf16 autocast."),
-    strategy: str = typer.Option("ddp", "--strategy", help="ddp, or fsdp (GPU only)."),
-    seed: int = typer.Option(0, "--seed", help="Seeds the initial weights, data order, questions and ratios."),
-    ray_address: str = typer.Option(None, "--ray-address", help="Ray cluster address (default: $RAY_ADDRESS, else "
-                                    "a local Ray). On a cluster --out must be a folder every node sees."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object on stdout."),
-    no_flow: bool = typer.Option(False, "--no-flow", hidden=True, help="Run without Prefect's engine (tests)."),
-    local: bool = typer.Option(False, "--local", hidden=True, help="One worker in this process, no Ray (tests)."),
-) -> None:
+def _extra_options() -> list[inspect.Parameter]:
+    """`vxl train`'s own flags (the job's options are `tasks.train.TrainConfig`'s fields)."""
+    def p(name, default, *flags, help, hidden=False, ann=str):
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=ann,
+                                 default=typer.Option(default, *flags, help=help, hidden=hidden))
+
+    return [
+        p("ray_address", None, "--ray-address", ann=str | None, help="Ray cluster address (default: "
+          "$RAY_ADDRESS, else a local Ray). On a cluster --out must be a folder every node sees."),
+        p("as_json", False, "--json", ann=bool, help="Print the result as one JSON object on stdout."),
+        p("no_flow", False, "--no-flow", ann=bool, hidden=True, help="Run without Prefect's engine (tests)."),
+        p("local", False, "--local", ann=bool, hidden=True, help="One worker in this process, no Ray (tests)."),
+    ]
+
+
+def train(options: dict, *, ray_address: str | None = None, as_json: bool = False, no_flow: bool = False,
+          local: bool = False) -> None:
     """Train Video-XL: curriculum over compression ratios, on Ray Train (DDP over --workers).
 
     Data is decoded once into OUT/cache; checkpoints go to OUT/checkpoints/step_N/ and the trained
@@ -135,20 +104,10 @@ def train(
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from tasks.train import TrainConfig, TrainError
 
-    kw = dict(data=list(data) if data else ["toy:400"], model=model, init_vision=init_vision, video_root=video_root, steps=steps,
-              batch_size=batch_size, lr=lr, vision_lr=vision_lr, warmup_steps=warmup_steps,
-              trainable=[t.strip() for t in trainable.split(",") if t.strip()], curriculum=curriculum,
-              planner=planner, questions_per_sample=questions_per_sample, fps=fps, max_frames=max_frames,
-              checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
-              grad_checkpointing=grad_checkpointing, num_workers=workers, use_gpu=gpu, strategy=strategy, seed=seed,
-              objective=objective)
-    if question_types:
-        kw["question_types"] = [t.strip() for t in question_types.split(",") if t.strip()]
     try:
-        cfg = TrainConfig(out=out, **kw)
-        cfg.validate()  # before Ray and Prefect start
-        if local and workers != 1:
-            raise TrainError("usage", f"--local runs one worker; got --workers {workers}")
+        cfg = TrainConfig.checked(**options)  # before Ray and Prefect start
+        if local and cfg.num_workers != 1:
+            raise TrainError("usage", f"--local runs one worker; got --workers {cfg.num_workers}")
     except TrainError as exc:
         _fail(str(exc), exc.kind, as_json)
 
@@ -170,7 +129,7 @@ def train(
             else:
                 from flows.train_videoxl import train_videoxl
 
-                res = train_videoxl(out=out, ray_address=ray_address, local=local, **kw)
+                res = train_videoxl(options=cfg, ray_address=ray_address, local=local)
     except TrainError as exc:
         _fail(str(exc), exc.kind, as_json)
     except RayUnavailable as exc:
@@ -197,4 +156,7 @@ def train(
 
 def register(app: typer.Typer) -> None:
     """Add `train` to the `vxl` app."""
-    app.command("train")(train)
+    from tasks.options import cli_command
+    from tasks.train import TrainConfig
+
+    app.command("train")(cli_command(TrainConfig, train, extra=_extra_options()))

@@ -106,7 +106,7 @@ def validate(spec: dict) -> list[str]:
         def bad(msg: str, name=name) -> None:
             problems.append(f"deployment {name}: {msg}")
 
-        model = p.get("model")
+        model = p.get("model") if not isinstance(p.get("options"), dict) else p["options"].get("model")
         if flow != "index_corpus" and model is not None and model != "toy-init" and not is_model_name(model):
             bad(f"parameter model {model!r} is neither one of {list(BUILTIN_MODELS)} nor a Video-XL checkpoint folder")
         if flow == "index_corpus":
@@ -135,6 +135,27 @@ def validate(spec: dict) -> list[str]:
                 bad(f"parameters: {exc}")
             if p.get("source") and not _local_exists(p["source"]):
                 bad(f"parameter source: {p['source']!r} does not exist on this machine")
+        elif flow == "train_videoxl" and p.get("options") is not None:
+            from tasks.train import TrainConfig, TrainError
+
+            opts = p["options"]
+            if not isinstance(opts, dict):
+                bad(f"parameter options: a mapping of tasks.train.TrainConfig fields, got {opts!r}")
+            else:
+                try:
+                    TrainConfig.checked(**{"out": "<given at run time>", **opts})
+                except TrainError as exc:
+                    bad(f"parameter options: {exc}")
+        elif flow == "evaluate" and p.get("options") is not None:
+            from pydantic import ValidationError
+
+            from tasks.evaluate import EvalOptions
+            from tasks.options import validation_message
+
+            try:  # types and names only: the question file is given at run time
+                EvalOptions.model_validate(p["options"])
+            except ValidationError as exc:
+                bad(f"parameter options: {validation_message(EvalOptions, exc)}")
     return problems
 
 

@@ -16,6 +16,7 @@ from prefect import flow, task  # noqa: E402
 
 from flows.deploy import reject_templates  # noqa: E402
 from flows.outcome import final_state  # noqa: E402
+from tasks.evaluate import EvalOptions  # noqa: E402
 
 
 def eval_markdown(res: dict) -> str:
@@ -40,34 +41,26 @@ def eval_markdown(res: dict) -> str:
 
 
 @task(name="evaluate-questions")
-def _run(**kw) -> dict:
+def _run(options: EvalOptions, ray_address: str | None) -> dict:
     from tasks.evaluate import run_eval
 
-    return run_eval(**kw)
+    return run_eval(options, ray_address=ray_address)
 
 
 @flow(name="evaluate", log_prints=False, validate_parameters=True)
-def evaluate(
-    archive: str,
-    questions_file: str,
-    videos_dir: str | None = None,
-    model: str = "tiny",
-    top_windows: int | None = None,
-    index: bool = True,
-    workers: int | None = None,
-    ray_address: str | None = None,
-    force: bool = False,
-    layout: str | None = None,
-    run_name: str | None = None,
-) -> dict:
-    """Score `questions_file` (MLVU, Video-MME, LongVideoBench or vxl layout) with `model` from the
-    archive; returns `tasks.evaluate.run_eval`'s dict and publishes the artifact `evaluate-summary`."""
+def evaluate(options: EvalOptions, ray_address: str | None = None) -> dict:
+    """Score `options.questions_file` (MLVU, Video-MME, LongVideoBench or vxl layout) with
+    `options.model` from the archive (`tasks.evaluate.EvalOptions`: the same model as `vxl eval`'s
+    flags; a deployment gives it as a mapping); returns `tasks.evaluate.run_eval`'s dict and
+    publishes the artifact `evaluate-summary`.
+
+    Raises:
+        EvalError: a malformed file or option (usage), an unreachable archive or Ray (infrastructure).
+    """
     from prefect.artifacts import create_markdown_artifact
 
-    reject_templates("evaluate", archive=archive, questions_file=questions_file, videos_dir=videos_dir, model=model,
-                     ray_address=ray_address)
-    res = _run(archive_uri=archive, questions_file=questions_file, videos_dir=videos_dir, model=model,
-               top_windows=top_windows, index=index, workers=workers, ray_address=ray_address, force=force,
-               layout=layout, run_name=run_name)
+    reject_templates("evaluate", **options.model_dump(), ray_address=ray_address)
+    options.validate()
+    res = _run(options, ray_address)
     create_markdown_artifact(markdown=eval_markdown(res), key="evaluate-summary", description="vxl eval summary")
     return final_state(res, succeeded=res["num_questions"], failed=len(res["missing"]), what="questions")

@@ -24,6 +24,10 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from tasks.options import JobOptions, option, validation_message
+
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 LAYOUTS: dict[str, tuple[str, ...]] = {
@@ -306,25 +310,78 @@ def eval_settings(top_windows: int | None, layout: str, questions_file: str) -> 
     return {"top_windows": top_windows, "layout": layout, "questions_file": str(questions_file)}
 
 
+class EvalOptions(JobOptions):
+    """The options of one evaluation run: the one options model of the eval job (issue 15), read by
+    `vxl eval` (its flags, through `tasks.options.cli_command`), the `evaluate` flow (its `options`
+    parameter) and `run_eval`. Construction checks types (pydantic); `validate()` raises
+    `EvalError(kind="usage")` for what no run can satisfy."""
+
+    archive: str | None = option(None, "--archive", "-a", help="Archive URI. Default: $VXL_ARCHIVE or ./archive.")
+    questions_file: str | None = option(None, "--questions", "-q", help="Question file: MLVU / Video-MME / "
+                                        "LongVideoBench / vxl layout.")
+    videos_dir: str | None = option(None, "--videos", help="Folder the file's relative video names are under "
+                                    "(default: the question file's folder).")
+    model: str = option("tiny", "--model", help="'tiny', 'toy' (trained, shipped) or a checkpoint folder.")
+    top_windows: int | None = option(None, "--top-windows", help="Answer from the K windows closest to the "
+                                     "question (question-aware partial reload).")
+    index: bool = option(True, "--index/--no-index", help="Index the videos not yet in the archive first "
+                         "(--no-index: report them as not scored).")
+    layout: str | None = option(None, "--layout", help="Force the file layout (mlvu, videomme, longvideobench, vxl).")
+    run_name: str | None = option(None, "--name", help="Run name (stored with the results; for --compare).")
+    workers: int | None = option(None, "--workers", help="Ray answer actors.")
+    force: bool = option(False, "--force", help="Answer again questions already answered.")
+
+    @property
+    def archive_uri(self) -> str:
+        """`archive`, else `$VXL_ARCHIVE`, else `archive` (relative to the working folder)."""
+        import os
+
+        return self.archive or os.environ.get("VXL_ARCHIVE") or "archive"
+
+    def validate(self) -> None:
+        """Raise EvalError(kind="usage") for a missing or malformed question file, a missing
+        `--videos` folder, an unknown layout or a negative `--top-windows` (before Ray starts)."""
+        if not self.questions_file:
+            raise EvalError("usage", "give --questions FILE (or --compare A B)")
+        if self.top_windows is not None and self.top_windows < 0:
+            raise EvalError("usage", f"--top-windows must be >= 0, got {self.top_windows}")
+        if self.workers is not None and self.workers < 1:
+            raise EvalError("usage", f"--workers must be >= 1, got {self.workers}")
+        if self.videos_dir and not Path(self.videos_dir).is_dir():
+            raise EvalError("usage", f"--videos {self.videos_dir!r} is not a folder")
+        try:
+            load_benchmark(self.questions_file, self.layout)
+        except BenchmarkFileError as exc:
+            raise EvalError("usage", str(exc)) from None
+
+    @classmethod
+    def checked(cls, **kw) -> EvalOptions:
+        """The options from user input, validated; any error is EvalError(kind="usage") naming the flag."""
+        try:
+            opts = cls(**kw)
+        except ValidationError as exc:
+            raise EvalError("usage", validation_message(cls, exc)) from None
+        opts.validate()
+        return opts
+
+
 def run_eval(
-    archive_uri: str,
-    questions_file: str,
+    options: EvalOptions,
     *,
-    videos_dir: str | None = None,
-    model: str = "tiny",
-    top_windows: int | None = None,
-    index: bool = True,
     index_options: dict | None = None,
-    workers: int | None = None,
     ray_address: str | None = None,
-    force: bool = False,
-    layout: str | None = None,
-    run_name: str | None = None,
     on_video=None,
 ) -> dict:
-    """Score a benchmark file from the archive: index what is missing (unless `index=False`), answer
-    every question by option log-likelihood through `flows.ask_library.run_ask_library` (Ray actors,
-    answers stored and skipped on rerun), and aggregate.
+    """Score a benchmark file from the archive: index what is missing (unless `options.index` is
+    False), answer every question by option log-likelihood through `tasks.ask_library.
+    run_ask_library` (Ray actors, answers stored and skipped on rerun), and aggregate.
+
+    Args:
+        options: what to score and how (`EvalOptions`).
+        index_options: `tasks.index.make_options` overrides for the videos indexed first (e.g.
+            `{"chunking": "fixed", "ratio": 16}`: the ablations' settings).
+        ray_address: Ray cluster (default: `RAY_ADDRESS`, else a private local Ray).
+        on_video: progress callback of `run_ask_library`.
 
     Returns:
         dict: `run`, `layout`, `accuracy`, `num_questions`, `correct`, `ci95`, `per_type`,
@@ -342,8 +399,13 @@ def run_eval(
     from tasks.ask_library import run_ask_library
 
     t0 = time.perf_counter()
+    archive_uri, questions_file, videos_dir, model = (options.archive_uri, options.questions_file, options.videos_dir,
+                                                      options.model)
+    top_windows, workers, force, run_name = options.top_windows, options.workers, options.force, options.run_name
+    if not questions_file:
+        raise EvalError("usage", "give --questions FILE")
     try:
-        layout, qs = load_benchmark(questions_file, layout)
+        layout, qs = load_benchmark(questions_file, options.layout)
     except BenchmarkFileError as exc:
         raise EvalError("usage", str(exc)) from None
     root = Path(videos_dir) if videos_dir else Path(questions_file).parent
@@ -360,7 +422,7 @@ def run_eval(
     unique = sorted({str(p) for p in paths.values()})
     ids: dict[str, str] = {}
     index_summary = None
-    if unique and index:
+    if unique and options.index:
         from tasks.index import IndexInfraError, UsageError, make_options, run_index
         from tasks.ray_runtime import RayUnavailable
 

@@ -40,11 +40,13 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 
+from tasks.options import JobOptions, flag, option, validation_message
 from tasks.qa import QUESTION_TYPES
 
 TOY_INIT = "toy-init"
@@ -63,78 +65,80 @@ class TrainError(Exception):
         return (type(self), (self.kind, str(self)))
 
 
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on (stored in every checkpoint's `trainer_state.pt` and in
-    the config.json of the saved model under `vxl_training`).
+class TrainConfig(JobOptions):
+    """Everything a training run depends on: the one options model of the training job (issue 15),
+    read by `vxl train` (its flags, `tasks.options.cli_command`), the `train-videoxl` flow (its
+    `options` parameter) and `tasks.train_ray.run_training`; stored in every checkpoint's
+    `trainer_state.pt` and in the saved model's config.json under `vxl_training`.
 
-    Attributes:
-        out: run folder (checkpoints, cache, `train_log.jsonl`, `final/`).
-        data: sources (module doc).
-        model: `toy-init` (a fresh `toy` architecture, `model.config.toy_config`, seeded) or a
-            Video-XL checkpoint folder to fine-tune.
-        init_vision: a checkpoint folder whose vision tower and projector replace `model`'s before
-            training (as LLaVA/Video-XL load a pretrained projector with `pretrain_mm_mlp_adapter`):
-            e.g. a fresh LLM (`toy-init`) on a tower pretrained with `objective="frames"`.
-        video_root: folder of the LLaVA files' relative video paths (default: each file's folder).
-        steps: optimizer steps.
-        batch_size: samples per optimizer step, over all workers (a multiple of `num_workers`).
-        lr, vision_lr: AdamW learning rate; the vision tower's own (Video-XL `mm_vision_tower_lr`),
-            default `lr`.
-        weight_decay, warmup_steps, min_lr_ratio, grad_clip: AdamW decay, linear warmup, cosine
-            floor (fraction of lr), max gradient norm (None: no clipping).
-        trainable: parts from `model.training.PARTS`.
-        curriculum: ratio sets by step, `"0:2,4;300:2,4,8,12,16"` (`model.training.Curriculum.parse`).
-        planner: `fixed`, `dynamic` (CLIP windows and ratios, `model.dynamic`) or `mixed` (each
-            sample draws one).
-        question_types: `tasks.qa` types drawn for ground-truth sources.
-        questions_per_sample: turns per sample drawn from them (each against the same memory).
-        fps, max_frames: sampling, as `vxl index`.
-        seed: seeds initialisation, data order, question draws and the curriculum.
-        checkpoint_every: steps between checkpoints (0: only at the end).
-        keep_checkpoints: newest checkpoints kept (older ones deleted).
-        grad_checkpointing: recompute each window in backward (long videos).
-        num_workers, use_gpu: Ray Train workers; one GPU each when `use_gpu`.
-        strategy: `ddp`, or `fsdp` for models that do not fit one GPU.
-        precision: `auto` (bf16 autocast on GPU, fp32 on CPU), `fp32` or `bf16`.
-        cache_dir: frame cache (default `out/cache`).
-        objective: `answers` (the answer-token loss of `model.training.sample_loss`: Video-XL's
-            training) or `frames` (vision pretraining, `model.training.frame_label_loss`: the
-            vision tower and projector learn per-frame ground-truth labels, `tasks.samples.
-            frame_labels`; ground-truth sources only; trains only the `vision`/`projector` parts of
-            `trainable`).
+    Each field's description is its documentation (and the CLI help). `data` sources: the module
+    doc. `model`: `toy-init` (a fresh `toy` architecture, `model.config.toy_config`, seeded) or a
+    Video-XL checkpoint folder to fine-tune. `objective` `frames` is vision pretraining
+    (`model.training.frame_label_loss`: per-frame ground-truth labels, `tasks.samples.frame_labels`;
+    ground-truth sources only; trains only the `vision`/`projector` parts of `trainable`).
+    Construction checks types (pydantic `ValidationError`); `validate()` raises
+    `TrainError(kind="usage")` for values no run can satisfy.
     """
 
-    out: str
-    data: list[str] = field(default_factory=lambda: ["toy:400"])
-    model: str = TOY_INIT
-    init_vision: str | None = None
-    video_root: str | None = None
-    steps: int = 1000
-    batch_size: int = 8
-    lr: float = 1e-3
-    vision_lr: float | None = None
-    weight_decay: float = 0.01
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.1
-    grad_clip: float | None = 1.0
-    trainable: list[str] = field(default_factory=lambda: ["llm", "projector", "vision"])
-    curriculum: str = "0:2,4;300:2,4,8,12,16"
-    planner: str = "fixed"
-    question_types: list[str] = field(default_factory=lambda: list(QUESTION_TYPES))
-    questions_per_sample: int = 4
-    fps: float = 1.0
-    max_frames: int = 128
-    seed: int = 0
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 2
-    grad_checkpointing: bool = False
-    num_workers: int = 1
-    use_gpu: bool = False
-    strategy: str = "ddp"
-    precision: str = "auto"
-    cache_dir: str | None = None
-    objective: str = "answers"
+    out: str = option(..., "--out", "-o", help="Run folder: checkpoints, frame cache, train_log.jsonl, "
+                      "final/ (the trained model).")
+    data: list[str] = option(None, "--data", default_factory=lambda: ["toy:400"], help="Training data "
+                             "(repeatable): toy:COUNT[:SEED][:scenes=N][:seconds=A-B], a folder of videos with "
+                             "NAME.json ground truth, or a LLaVA .json/.jsonl. Default toy:400.")
+    model: str = option(TOY_INIT, "--model", help="'toy-init' (a fresh toy-size model) or a Video-XL checkpoint "
+                        "folder to fine-tune.")
+    init_vision: str | None = option(None, "--init-vision", help="A checkpoint folder whose vision tower and "
+                                     "projector replace --model's before training (as LLaVA/Video-XL load "
+                                     "pretrain_mm_mlp_adapter; e.g. --model toy-init on a tower pretrained with "
+                                     "--objective frames).")
+    video_root: str | None = option(None, "--video-root", help="Folder of a LLaVA file's relative video paths "
+                                    "(default: the file's folder).")
+    steps: int = option(1000, "--steps", help="Optimizer steps.")
+    batch_size: int = option(8, "--batch-size", help="Samples per step over all workers (a multiple of --workers).")
+    lr: float = option(1e-3, "--lr", help="AdamW learning rate (warmup, then cosine).")
+    vision_lr: float | None = option(None, "--vision-lr", help="The vision tower's learning rate (Video-XL's "
+                                     "mm_vision_tower_lr; default --lr).")
+    weight_decay: float = option(0.01, "--weight-decay", help="AdamW weight decay.")
+    warmup_steps: int = option(50, "--warmup-steps", help="Linear warmup steps.")
+    min_lr_ratio: float = option(0.1, "--min-lr-ratio", help="Floor of the cosine schedule, as a fraction of --lr.")
+    grad_clip: float | None = option(1.0, "--grad-clip", help="Maximum gradient norm.")
+    trainable: list[str] = option(None, "--trainable", split=",", default_factory=lambda: ["llm", "projector", "vision"],
+                                  help="Comma-separated parts to train: vst, llm (includes vst), projector, vision.")
+    curriculum: str = option("0:2,4;300:2,4,8,12,16", "--curriculum", help="Compression-ratio sets by step: "
+                             "'STEP:R1,R2;STEP:...'; each window draws its ratio from the set in force.")
+    planner: str = option("fixed", "--planner", help="Chunk planner while training: fixed, dynamic (CLIP windows "
+                          "and ratios) or mixed (each sample draws one).")
+    question_types: list[str] = option(None, "--question-types", split=",", default_factory=lambda: list(QUESTION_TYPES),
+                                       help="Comma-separated tasks.qa question types drawn for ground-truth videos "
+                                       "(default: all of them; a type given twice is drawn twice as often).")
+    questions_per_sample: int = option(4, "--questions-per-sample", help="Question/answer turns per video and step "
+                                       "(each against the same memory).")
+    objective: str = option("answers", "--objective", help="answers (the answer-token loss: Video-XL's training) or "
+                            "frames (vision pretraining: the vision tower and projector learn each frame's "
+                            "ground-truth background and object; truth-JSON data only).")
+    fps: float = option(1.0, "--fps", help="Sampled frames per second of video (as vxl index).")
+    max_frames: int = option(128, "--max-frames", help="At most this many frames per video.")
+    checkpoint_every: int = option(100, "--checkpoint-every", help="Steps between checkpoints (0: only at the end).")
+    keep_checkpoints: int = option(2, "--keep-checkpoints", help="Newest checkpoints kept.")
+    grad_checkpointing: bool = option(False, "--grad-checkpointing", help="Recompute each window in backward (less "
+                                      "memory, about a third more compute).")
+    num_workers: int = option(1, "--workers", help="Ray Train workers (DDP); one CPU, or one GPU with --gpu, each.")
+    use_gpu: bool = option(False, "--gpu", help="One GPU per worker (NCCL); bf16 autocast.")
+    strategy: str = option("ddp", "--strategy", help="ddp, or fsdp (GPU only) for models that do not fit one GPU.")
+    precision: str = option("auto", "--precision", help="auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16.")
+    seed: int = option(0, "--seed", help="Seeds the initial weights, data order, questions and ratios.")
+    cache_dir: str | None = option(None, "--cache-dir", help="Frame cache (default OUT/cache).")
+
+    @classmethod
+    def checked(cls, **kw) -> TrainConfig:
+        """The options from user input (CLI, flow, deployment), validated: a wrong type, an unknown
+        key or a value `validate()` refuses raises TrainError(kind="usage") naming the flag."""
+        try:
+            cfg = cls(**kw)
+        except ValidationError as exc:
+            raise TrainError("usage", validation_message(cls, exc)) from None
+        cfg.validate()
+        return cfg
 
     def validate(self) -> None:
         """Raise TrainError(kind="usage") naming the option that no run can satisfy."""
@@ -146,15 +150,15 @@ class TrainConfig:
         for name in ("steps", "batch_size", "num_workers", "questions_per_sample", "max_frames", "keep_checkpoints"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                bad(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
+                bad(f"{flag(TrainConfig, name)} must be an integer >= 1, got {v!r}")
         for name in ("lr", "fps"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                bad(f"--{name.replace('_', '-')} must be a finite number > 0, got {v!r}")
+                bad(f"{flag(TrainConfig, name)} must be a finite number > 0, got {v!r}")
         for name in ("vision_lr", "grad_clip"):
             v = getattr(self, name)
             if v is not None and not (math.isfinite(v) and v > 0):
-                bad(f"--{name.replace('_', '-')} must be a finite number > 0, got {v!r}")
+                bad(f"{flag(TrainConfig, name)} must be a finite number > 0, got {v!r}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             bad(f"--weight-decay must be a finite number >= 0, got {self.weight_decay!r}")
         if not (math.isfinite(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1):
@@ -198,7 +202,7 @@ class TrainConfig:
         return Path(self.cache_dir) if self.cache_dir else Path(self.out) / "cache"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return self.model_dump()
 
     def with_absolute_paths(self) -> TrainConfig:
         """This config with every local path absolute (`out`, `cache_dir`, a checkpoint `model`,
@@ -206,11 +210,11 @@ class TrainConfig:
         def ab(p: str | None) -> str | None:
             return str(Path(p).resolve()) if p else p
 
-        return replace(
-            self, out=ab(self.out), cache_dir=ab(self.cache_dir), video_root=ab(self.video_root),
+        return self.model_copy(update=dict(
+            out=ab(self.out), cache_dir=ab(self.cache_dir), video_root=ab(self.video_root),
             init_vision=ab(self.init_vision),
             model=self.model if self.model.startswith(TOY_INIT) else ab(self.model),
-            data=[d if d.startswith("toy:") else ab(d) for d in self.data])
+            data=[d if d.startswith("toy:") else ab(d) for d in self.data]))
 
 
 # -- the model ------------------------------------------------------------------------------------

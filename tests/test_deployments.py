@@ -154,13 +154,15 @@ def test_deployments_run_on_a_real_server(tmp_path):
             [["index-corpus/nightly-index", {"max_frames": 6, "workers": 1}, "index-corpus-summary"],
              ["synth-vico/synth-vico", {"captioner": "ground-truth", "clip_seconds": 1.5, "k": "3", "workers": 1},
               "synth-vico-summary"],
-             ["train-videoxl/train", {"out": str(tmp_path / "train"), "data": ["toy:1"], "steps": 1,
-                                      "batch_size": 1, "questions_per_sample": 1, "max_frames": 8, "local": True},
+             ["train-videoxl/train", {"options": {"out": str(tmp_path / "train"), "data": ["toy:1"], "steps": 1,
+                                                  "batch_size": 1, "questions_per_sample": 1, "max_frames": 8},
+                                      "local": True},
               "train-videoxl-summary"]],
             [["ask_library/ask-library", {"questions": ["What is the background colour?"], "max_new_tokens": 2,
                                           "workers": 1}, "ask-library-summary"],
-             ["evaluate/evaluate", {"questions_file": str(qfile), "videos_dir": str(lib), "workers": 1,
-                                    "index": False}, "evaluate-summary"]],
+             ["evaluate/evaluate", {"options": {"archive": env["VXL_ARCHIVE"], "model": "tiny",
+                                                "questions_file": str(qfile), "videos_dir": str(lib), "workers": 1,
+                                                "index": False}}, "evaluate-summary"]],
         ]}
         # the library holds one file that is not a video: the runs over it end "Completed with failures"
         partial = {"index-corpus/nightly-index", "synth-vico/synth-vico"}

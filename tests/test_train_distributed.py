@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -86,7 +85,7 @@ def test_two_ray_workers_train_the_same_parameters_as_one_process(ray_session, r
     from tasks.train_ray import POINTER_NAME, read_log, run_training
 
     ref_cfg, ref = reference
-    cfg = replace(ref_cfg, out=str(tmp_path / "w2"), num_workers=2)
+    cfg = ref_cfg.model_copy(update=dict(out=str(tmp_path / "w2"), num_workers=2))
     res = run_training(cfg)
     assert res["steps"] == STEPS and not res["noop"] and res["resumed_from"] == 0
     assert res["model_dir"] == str((tmp_path / "w2" / "final").resolve())
@@ -116,7 +115,7 @@ def test_two_ray_workers_train_the_same_parameters_as_one_process(ray_session, r
     again = run_training(cfg)  # finished: reported again, Ray not started
     assert again["noop"] and again["history"] == res["history"] and again["config_changes"] == {}
     assert time.perf_counter() - t0 < 15
-    changed = run_training(replace(cfg, lr=2e-3))
+    changed = run_training(cfg.model_copy(update=dict(lr=2e-3)))
     assert changed["noop"] and changed["config_changes"] == {"lr": [1e-3, 2e-3]}
     # killed after the last checkpoint, before final/ was written: the rerun writes final/ from it
     import shutil
@@ -205,10 +204,10 @@ def test_worker_failure_is_a_train_error_and_resources_are_checked(ray_session, 
 
     cfg = TrainConfig(out=str(tmp_path / "run"), cache_dir=str(cache), **RUN)
     with pytest.raises(TrainError, match="needs 3 CPUs") as e:
-        run_training(replace(cfg, num_workers=3, batch_size=3))
+        run_training(cfg.model_copy(update=dict(num_workers=3, batch_size=3)))
     assert e.value.kind == "usage"
     with pytest.raises(TrainError, match="fsdp is not supported"):
-        run_training(replace(cfg, num_workers=2, strategy="fsdp"))
+        run_training(cfg.model_copy(update=dict(num_workers=2, strategy="fsdp")))
 
     def fail(self):
         raise WorkerGroupError("snippet", {1: FloatingPointError("step 3: loss nan on sample toy-2 (toy:4)"),

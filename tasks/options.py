@@ -1,0 +1,162 @@
+"""One options model per job, written once (issue 15, "Structure"; shared/STYLE.md 16-17).
+
+A job's options are one pydantic model (`JobOptions` subclass). The same model is:
+
+- the library function's argument (`run_training(cfg)`, ...);
+- the Prefect flow's parameter (`train_videoxl(options=TrainConfig(...))`; Prefect validates it and
+  the UI renders its fields, descriptions included, from the model's JSON schema);
+- the CLI's flags: `cli_parameters(Model)` turns every field declared with `option(...)` into a
+  `typer.Option` (flag names, default, help), so a command's signature is built from the model and
+  `from_cli(Model, values)` makes the model from what typer parsed.
+
+So a new option is one `option(...)` line on the model; the CLI, the flow, the deployment schema and
+the checkpoint's stored config follow.
+
+    class MyOptions(JobOptions):
+        out: str = option(..., "--out", "-o", help="Run folder.")
+        steps: int = option(1000, "--steps", help="Optimizer steps.")
+        parts: list[str] = option(["llm"], "--parts", split=",", help="Comma-separated parts.")
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+#: `json_schema_extra` keys this module reads (they also appear in the flow's parameter schema).
+CLI_FLAGS, CLI_SPLIT, CLI_HIDDEN = "cli_flags", "cli_split", "cli_hidden"
+
+
+class JobOptions(BaseModel):
+    """Base of every job's options: unknown keys are errors (a typo in a deployment's parameters is
+    reported, not ignored); values are validated by type on construction (pydantic), and each job's
+    own `validate()` adds the checks that need more than one field or the file system."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def option(default: Any, *flags: str, help: str, split: str | None = None, hidden: bool = False,
+           default_factory=None) -> Any:
+    """A pydantic `Field` that is also a CLI option.
+
+    Args:
+        default: the default (`...`: required); for a mutable default give `default_factory`.
+        flags: the CLI's flag names, e.g. `"--out", "-o"`; none: the field is not on the CLI.
+        help: the description (CLI help, flow parameter schema and docs alike).
+        split: for a `list[str]` field, the CLI takes one string split on this separator
+            (`--trainable llm,vision`) instead of a repeated flag.
+        hidden: hidden from `--help` (test-only options).
+    """
+    extra: dict[str, Any] = {CLI_FLAGS: list(flags)}
+    if split is not None:
+        extra[CLI_SPLIT] = split
+    if hidden:
+        extra[CLI_HIDDEN] = True
+    if default_factory is not None:
+        return Field(default_factory=default_factory, description=help, json_schema_extra=extra)
+    return Field(default, description=help, json_schema_extra=extra)
+
+
+def flag(model: type[BaseModel], name: str) -> str:
+    """The CLI flag of `model`'s field `name` (its first flag; `--name-with-dashes` for a field that
+    is not on the CLI), for error messages that name what the user typed."""
+    f = model.model_fields[name]
+    extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+    return (extra.get(CLI_FLAGS) or ["--" + name.replace("_", "-")])[0]
+
+
+def validation_message(model: type[BaseModel], exc: ValidationError) -> str:
+    """One line per pydantic error of `exc`, each naming the CLI flag (or the unknown key) and the
+    value given, e.g. `--steps: Input should be a valid integer ... (got 'ten')`."""
+    lines = []
+    for e in exc.errors():
+        name = e["loc"][0] if e["loc"] else None
+        if name is None:
+            where = f"{model.__name__} (a mapping of its fields)"
+        else:
+            where = flag(model, name) if name in model.model_fields else f"unknown option {name!r}"
+        lines.append(f"{where}: {e['msg']} (got {e.get('input')!r})")
+    return "; ".join(lines)
+
+
+def _cli_fields(model: type[BaseModel]):
+    for name, f in model.model_fields.items():
+        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+        if extra.get(CLI_FLAGS):
+            yield name, f, extra
+
+
+def _is_list(annotation) -> bool:
+    args = typing.get_args(annotation)
+    return typing.get_origin(annotation) is list or any(typing.get_origin(a) is list for a in args)
+
+
+def cli_parameters(model: type[BaseModel]) -> list[inspect.Parameter]:
+    """The model's CLI options as keyword-only `inspect.Parameter`s whose defaults are
+    `typer.Option`s: put them in a command's `__signature__` (see `cli_command`).
+
+    A list field is a repeatable flag (`--data A --data B`), or one string split on its `split`
+    separator; a field whose default is not None shows it in `--help`. Raises TypeError for a field
+    type the CLI cannot express (anything but str, int, float, bool, list[str], or those | None).
+    """
+    import typer
+
+    params = []
+    for name, f, extra in _cli_fields(model):
+        ann, required = f.annotation, f.is_required()
+        default = None if required else f.get_default(call_default_factory=True)
+        base = [a for a in typing.get_args(ann) if a is not type(None)] or [ann]
+        if _is_list(ann):
+            if CLI_SPLIT in extra:
+                cli_ann, cli_default = str | None, (extra[CLI_SPLIT].join(default) if default else None)
+            else:
+                cli_ann, cli_default = list[str] | None, None  # None: the model's default
+        elif len(base) == 1 and base[0] in (str, int, float, bool):
+            cli_ann, cli_default = (base[0] if default is not None or required else base[0] | None), default
+        else:
+            raise TypeError(f"{model.__name__}.{name}: type {ann!r} has no CLI form")
+        opt = typer.Option(... if required else cli_default, *extra[CLI_FLAGS], help=f.description or "",
+                           hidden=bool(extra.get(CLI_HIDDEN)), show_default=not required and cli_default is not None)
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=cli_ann))
+    return params
+
+
+def from_cli(model: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:
+    """The model's keyword arguments from a command's parsed CLI values (the names of
+    `cli_parameters`): split strings become lists, an omitted list keeps the model's default.
+    Keys that are not CLI fields of `model` are left out."""
+    kw: dict[str, Any] = {}
+    for name, f, extra in _cli_fields(model):
+        if name not in values:
+            continue
+        v = values[name]
+        if _is_list(f.annotation):
+            if v is None or (not isinstance(v, str) and len(v) == 0):
+                continue
+            if CLI_SPLIT in extra:
+                v = [t.strip() for t in v.split(extra[CLI_SPLIT]) if t.strip()]
+            else:
+                v = list(v)
+        kw[name] = v
+    return kw
+
+
+def cli_command(model: type[BaseModel], run, *, extra: list[inspect.Parameter] = (), doc: str | None = None):
+    """A typer command whose flags are `model`'s CLI options followed by `extra` (the command's own
+    flags, e.g. `--json`), calling `run(options_kwargs, **extra_values)`.
+
+    `options_kwargs` is `from_cli(model, ...)`: construct and validate the model inside `run`, so
+    its errors go through the command's own error reporting."""
+    names = {p.name for p in extra}
+
+    def command(**values):
+        own = {k: values.pop(k) for k in list(values) if k in names}
+        return run(from_cli(model, values), **own)
+
+    command.__signature__ = inspect.Signature([*cli_parameters(model), *extra])
+    command.__doc__ = doc if doc is not None else run.__doc__
+    command.__name__ = getattr(run, "__name__", "command")
+    return command
