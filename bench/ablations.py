@@ -67,8 +67,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
 
-    from tasks.evaluate import compare_runs, wilson_interval
-    from tasks.evaluate import EvalOptions
+    from tasks.evaluate import EvalOptions, compare_runs, wilson_interval
     from tasks.evaluate import run_eval as _run_eval
 
     models = dict(m.split("=", 1) for m in a.models)
