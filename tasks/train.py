@@ -1,12 +1,13 @@
 """Training Video-XL: data preparation (decode once, cache), the training loop, checkpoints.
 
 Data sources (`TrainConfig.data`, any mix):
-- `toy:COUNT[:SEED][:scenes=N][:seconds=A-B]`: COUNT toy-family videos (`tasks.samples.plan_toy_video`,
+- `toy:COUNT[:SEED][:scenes=N][:seconds=A-B][:types=T1,T2]`: COUNT toy-family videos (`tasks.samples.plan_toy_video`,
   seeds `SEED * 1_000_000 + i`), rendered at their own resolution at the sampled times only (no file
   is written) and resized as the model resizes; questions from `tasks.qa`, fresh ones every epoch.
   `scenes` and `seconds` narrow the family (`plan_toy_video`'s `num_scenes` and `scene_s`), e.g.
   `toy:400:2:scenes=2:seconds=2-4`: short videos, on which a fresh LLM first learns to find the
-  object (docs/EVALUATION.md, stage 3).
+  object (docs/EVALUATION.md, stage 3). `types` asks that source's videos only those question types
+  (`toy_source_types`), e.g. object questions on the short videos and every type on the others.
 - a folder: every video in it (`tasks.video.discover`) that has a ground-truth JSON next to it
   (`vxl sample-videos`, `tasks.samples.make_toy_videos`), decoded as the index decodes; questions
   from `tasks.qa`.
@@ -83,7 +84,7 @@ class TrainConfig(JobOptions):
     out: str = option(..., "--out", "-o", help="Run folder: checkpoints, frame cache, train_log.jsonl, "
                       "final/ (the trained model).")
     data: list[str] = option(None, "--data", default_factory=lambda: ["toy:400"], help="Training data "
-                             "(repeatable): toy:COUNT[:SEED][:scenes=N][:seconds=A-B], a folder of videos with "
+                             "(repeatable): toy:COUNT[:SEED][:scenes=N][:seconds=A-B][:types=T1,T2], a folder of videos with "
                              "NAME.json ground truth, or a LLaVA .json/.jsonl. Default toy:400.")
     model: str = option(TOY_INIT, "--model", help="'toy-init' (a fresh toy-size model) or a Video-XL checkpoint "
                         "folder to fine-tune.")
@@ -448,17 +449,36 @@ def prepare_data(cfg: TrainConfig, vx=None, progress: Callable[[int, int, str], 
 
 
 def parse_toy_source(src: str) -> tuple[int, int, dict, str]:
-    """`toy:COUNT[:SEED][:scenes=N][:seconds=A-B]` -> (count, seed base, `plan_toy_video` keyword
-    arguments, cache-key suffix).
+    """`toy:COUNT[:SEED][:scenes=N][:seconds=A-B][:types=T1,T2]` -> (count, seed base,
+    `plan_toy_video` keyword arguments, cache-key suffix). `types` (`toy_source_types`) does not
+    change the videos, so it is not in the cache key.
 
     Raises:
-        TrainError(kind="usage"): a malformed source, or parameters `plan_toy_video` refuses.
+        TrainError(kind="usage"): a malformed source, unknown question types, or parameters
+            `plan_toy_video` refuses.
     """
+    count, base, plan_kw, tag, _ = _parse_toy(src)
+    return count, base, plan_kw, tag
+
+
+@functools.lru_cache(maxsize=256)
+def toy_source_types(src: str) -> tuple[str, ...] | None:
+    """The question types a `toy:...:types=T1,T2` source's videos are asked (in place of
+    `TrainConfig.question_types` for that source; a type listed twice is drawn twice as often), or
+    None when the source does not narrow them. E.g. object questions only on short videos
+    (`toy:800:2:scenes=2:seconds=2-4:types=object_color,object_shape`), where every other type
+    would teach a shortcut such as "the video ends with its second background" (docs/EVALUATION.md,
+    stage 3)."""
+    return _parse_toy(src)[4] if src.startswith("toy:") else None
+
+
+def _parse_toy(src: str) -> tuple[int, int, dict, str, tuple[str, ...] | None]:
     from tasks.samples import plan_toy_video
 
-    usage = f"data source {src!r}: expected toy:COUNT[:SEED][:scenes=N][:seconds=A-B]"
+    usage = f"data source {src!r}: expected toy:COUNT[:SEED][:scenes=N][:seconds=A-B][:types=T1,T2]"
     parts = src.split(":")[1:]
     plan_kw: dict = {}
+    types: tuple[str, ...] | None = None
     try:
         count = int(parts[0])
         base = int(parts[1]) if len(parts) > 1 and "=" not in parts[1] else 0
@@ -469,6 +489,10 @@ def parse_toy_source(src: str) -> tuple[int, int, dict, str]:
             elif key == "seconds" and "scene_s" not in plan_kw:
                 lo, _, hi = value.partition("-")
                 plan_kw["scene_s"] = (float(lo), float(hi))
+            elif key == "types" and types is None:
+                types = tuple(t.strip() for t in value.split(",") if t.strip())
+                if not types or set(types) - set(QUESTION_TYPES):
+                    raise TrainError("usage", f"data source {src!r}: types must be among {list(QUESTION_TYPES)}")
             else:
                 raise ValueError(part)
     except (IndexError, ValueError):
@@ -484,7 +508,7 @@ def parse_toy_source(src: str) -> tuple[int, int, dict, str]:
         tag += f"-scenes{plan_kw['num_scenes']}"
     if "scene_s" in plan_kw:
         tag += "-s{:g}to{:g}".format(*plan_kw["scene_s"])
-    return count, base, plan_kw, tag
+    return count, base, plan_kw, tag, types
 
 
 def _toy_renderer(seed: int, cfg: TrainConfig, plan_kw: dict | None = None):
@@ -523,14 +547,16 @@ def sample_order(num_items: int, step: int, batch_size: int, seed: int) -> list[
 
 def sample_turns(item: Item, step: int, sample: int, cfg: TrainConfig):
     """The turns of one sample at `step`: fixed LLaVA turns, or `questions_per_sample` questions
-    drawn from the truth (types shuffled by a generator seeded by (seed, step, sample))."""
+    drawn from the truth (types shuffled by a generator seeded by (seed, step, sample)); the types
+    are the source's own (`toy_source_types`) when it names them, else `cfg.question_types`."""
     from model.training import Turn
     from tasks.qa import make_questions
 
     if item.turns is not None:
         return [Turn(q, a) for q, a in item.turns]
     rng = np.random.default_rng([cfg.seed, step, sample, 0x9A])
-    types = [cfg.question_types[i] for i in rng.permutation(len(cfg.question_types))]
+    pool = toy_source_types(item.source) or cfg.question_types
+    types = [pool[i] for i in rng.permutation(len(pool))]
     qs = make_questions(item.truth, rng, types)[: cfg.questions_per_sample]
     return [Turn(q.question, q.answer) for q in qs]
 

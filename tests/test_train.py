@@ -305,6 +305,36 @@ def test_toy_source_parameters_narrow_the_family(tmp_path):
     assert items[3].truth == plan_toy_video(4_000_000)  # the same seed without parameters: the whole family
 
 
+def test_a_toy_source_can_name_its_own_question_types():
+    """`toy:...:types=object_color,object_shape` asks that source's videos only object questions
+    (the issue's phrasings), with the right answers, while the other sources keep the run's types;
+    the videos and their cache key do not change; unknown types are usage errors."""
+    from tasks.samples import plan_toy_video
+    from tasks.train import Item, TrainError, parse_toy_source, sample_turns, toy_source_types
+
+    typed = "toy:4:1:scenes=2:seconds=2-4:types=object_color,object_shape"
+    assert parse_toy_source(typed) == parse_toy_source("toy:4:1:scenes=2:seconds=2-4")
+    assert toy_source_types(typed) == ("object_color", "object_shape") and toy_source_types("toy:4:1") is None
+    for bad in ("toy:4:1:types=colour", "toy:4:1:types=", "toy:4:1:types=bg_end:types=bg_start"):
+        with pytest.raises(TrainError) as err:
+            parse_toy_source(bad)
+        assert err.value.kind == "usage" and bad in str(err.value)
+
+    cfg = TrainConfig(out="unused", questions_per_sample=8)
+    truth = plan_toy_video(1_000_000, num_scenes=2, scene_s=(2.0, 4.0))
+    obj = next(e for e in truth["events"] if e["kind"] == "appear")  # the object, as the video shows it
+    short = Item(key="a", frames="", source=typed, truth=truth)
+    whole = Item(key="b", frames="", source="toy:4:1", truth=truth)
+    for step in range(5):
+        turns = sample_turns(short, step, 0, cfg)
+        assert sorted(t.question for t in turns) == [f"What colour is the {obj['shape']}?",
+                                                     "What shape appears in the video?"]
+        assert {t.question: t.answer for t in turns}["What shape appears in the video?"] == obj["shape"]
+        assert {t.question: t.answer for t in turns}[f"What colour is the {obj['shape']}?"] == obj["color"]
+    asked = {t.question for step in range(5) for t in sample_turns(whole, step, 0, cfg)}
+    assert any(q.startswith("How many scenes") for q in asked) and any(q.startswith("What is the backgr") for q in asked)
+
+
 def test_init_vision_puts_a_pretrained_tower_under_a_fresh_llm(tmp_path):
     """`init_vision`: the vision tower and projector come from the given checkpoint, every other
     tensor (LLM, VSTs) is the fresh seeded model's, and the fingerprint follows the new weights; a
