@@ -10,7 +10,6 @@ Exit status: 0 success; 1 infrastructure (archive, Ray, model); 2 usage (bad fil
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -82,11 +81,9 @@ def plot_runs(runs: list[dict], out: Path) -> None:
     fig.savefig(out, dpi=120)
 
 
-def _extra_options() -> list[inspect.Parameter]:
+def _extra_options() -> list:
     """`vxl eval`'s own flags (the run's options are `tasks.evaluate.EvalOptions`'s fields)."""
-    def p(name, ann, default, *flags, help):
-        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=ann,
-                                 default=typer.Option(default, *flags, help=help))
+    from tasks.options import cli_flag as p
 
     return [
         p("output", Path | None, None, "--output", "-o", help="Also write the full results JSON here."),

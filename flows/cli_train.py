@@ -11,7 +11,6 @@ Heavy imports (prefect, ray, torch) happen inside the command, so `vxl --help` s
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import sys
@@ -75,18 +74,16 @@ def _fail(message: str, kind: str, as_json: bool) -> None:
     raise typer.Exit(code)
 
 
-def _extra_options() -> list[inspect.Parameter]:
+def _extra_options() -> list:
     """`vxl train`'s own flags (the job's options are `tasks.train.TrainConfig`'s fields)."""
-    def p(name, default, *flags, help, hidden=False, ann=str):
-        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=ann,
-                                 default=typer.Option(default, *flags, help=help, hidden=hidden))
+    from tasks.options import cli_flag as p
 
     return [
-        p("ray_address", None, "--ray-address", ann=str | None, help="Ray cluster address (default: "
+        p("ray_address", str | None, None, "--ray-address", help="Ray cluster address (default: "
           "$RAY_ADDRESS, else a local Ray). On a cluster --out must be a folder every node sees."),
-        p("as_json", False, "--json", ann=bool, help="Print the result as one JSON object on stdout."),
-        p("no_flow", False, "--no-flow", ann=bool, hidden=True, help="Run without Prefect's engine (tests)."),
-        p("local", False, "--local", ann=bool, hidden=True, help="One worker in this process, no Ray (tests)."),
+        p("as_json", bool, False, "--json", help="Print the result as one JSON object on stdout."),
+        p("no_flow", bool, False, "--no-flow", hidden=True, help="Run without Prefect's engine (tests)."),
+        p("local", bool, False, "--local", hidden=True, help="One worker in this process, no Ray (tests)."),
     ]
 
 

@@ -144,6 +144,14 @@ def from_cli(model: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:
     return kw
 
 
+def cli_flag(name: str, annotation, default: Any, *flags: str, help: str, hidden: bool = False) -> inspect.Parameter:
+    """A command's own flag (not an option of the job, e.g. `--json`) for `cli_command(extra=...)`."""
+    import typer
+
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                             default=typer.Option(default, *flags, help=help, hidden=hidden))
+
+
 def cli_command(model: type[BaseModel], run, *, extra: list[inspect.Parameter] = (), doc: str | None = None):
     """A typer command whose flags are `model`'s CLI options followed by `extra` (the command's own
     flags, e.g. `--json`), calling `run(options_kwargs, **extra_values)`.

@@ -10,7 +10,7 @@ import typer
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from tasks.options import JobOptions, cli_command, option
+from tasks.options import JobOptions, cli_command, cli_flag, option
 from tasks.train import TrainConfig, TrainError
 
 
@@ -22,10 +22,7 @@ def _capture(model):
         seen["options"] = model(**options)
         seen["as_json"] = as_json
 
-    import inspect
-
-    extra = [inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-                               default=typer.Option(False, "--json"))]
+    extra = [cli_flag("as_json", bool, False, "--json", help="JSON output.")]
     app = typer.Typer()
     app.command("go")(cli_command(model, run, extra=extra))
     app.command("noop")(lambda: None)  # two commands: typer keeps the command name
