@@ -65,6 +65,25 @@ def test_deploy_refuses_unset_variables_and_placeholders(tmp_path):
         reject_templates("index-corpus", sources=["/v"], archive="{{ $VXL_ARCHIVE }}")
 
 
+def test_deploy_checks_an_options_mapping_against_the_jobs_model(tmp_path):
+    """The train and evaluate deployments take their job's options model as one `options` mapping;
+    `vxl deploy` refuses one that the model refuses, naming the deployment and the flag."""
+    from flows.deploy import resolve, validate
+
+    spec = resolve(yaml.safe_load((REPO / "prefect.yaml").read_text()), _deploy_env(tmp_path, tmp_path))
+    assert validate(spec) == []
+    deps = {d["name"]: d for d in spec["deployments"]}
+    assert deps["evaluate"]["parameters"]["options"] == {"archive": str(tmp_path / "archive"), "model": "tiny"}
+    deps["train"]["parameters"] = {"options": {"steps": "ten", "data": ["toy:4"]}}
+    deps["evaluate"]["parameters"]["options"]["top_window"] = 2
+    problems = validate(spec)
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("deployment evaluate: parameter options: unknown option 'top_window'")
+    assert problems[1].startswith("deployment train: parameter options: --steps: Input should be a valid integer")
+    deps["train"]["parameters"] = {"options": {"steps": 0}}
+    assert "--steps must be an integer >= 1, got 0" in validate(spec)[-1]
+
+
 RUNS = r"""
 import json, sys, time
 from prefect.client.orchestration import get_client
