@@ -24,9 +24,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from tasks.options import JobOptions, option, validation_message
+from tasks.options import JobOptions, option
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -355,14 +353,8 @@ class EvalOptions(JobOptions):
             raise EvalError("usage", str(exc)) from None
 
     @classmethod
-    def checked(cls, **kw) -> EvalOptions:
-        """The options from user input, validated; any error is EvalError(kind="usage") naming the flag."""
-        try:
-            opts = cls(**kw)
-        except ValidationError as exc:
-            raise EvalError("usage", validation_message(cls, exc)) from None
-        opts.validate()
-        return opts
+    def usage_error(cls, message: str) -> EvalError:
+        return EvalError("usage", message)
 
 
 def run_eval(

@@ -37,6 +37,25 @@ class JobOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    @classmethod
+    def usage_error(cls, message: str) -> Exception:
+        """The job's usage error for `message` (subclasses return their own exception type)."""
+        return ValueError(message)
+
+    def validate(self) -> None:
+        """Raise `usage_error(...)` for values no run can satisfy (subclasses add their checks)."""
+
+    @classmethod
+    def checked(cls, **kw):
+        """The options from user input (CLI, flow, deployment), validated: a wrong type, an unknown
+        key or a value `validate()` refuses raises `cls.usage_error(...)` naming the flag."""
+        try:
+            opts = cls(**kw)
+        except ValidationError as exc:
+            raise cls.usage_error(validation_message(cls, exc)) from None
+        opts.validate()
+        return opts
+
 
 def option(default: Any, *flags: str, help: str, split: str | None = None, hidden: bool = False,
            default_factory=None) -> Any:

@@ -45,9 +45,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from pydantic import ValidationError
 
-from tasks.options import JobOptions, flag, option, validation_message
+from tasks.options import JobOptions, flag, option
 from tasks.qa import QUESTION_TYPES
 
 TOY_INIT = "toy-init"
@@ -131,15 +130,8 @@ class TrainConfig(JobOptions):
     cache_dir: str | None = option(None, "--cache-dir", help="Frame cache (default OUT/cache).")
 
     @classmethod
-    def checked(cls, **kw) -> TrainConfig:
-        """The options from user input (CLI, flow, deployment), validated: a wrong type, an unknown
-        key or a value `validate()` refuses raises TrainError(kind="usage") naming the flag."""
-        try:
-            cfg = cls(**kw)
-        except ValidationError as exc:
-            raise TrainError("usage", validation_message(cls, exc)) from None
-        cfg.validate()
-        return cfg
+    def usage_error(cls, message: str) -> TrainError:
+        return TrainError("usage", message)
 
     def validate(self) -> None:
         """Raise TrainError(kind="usage") naming the option that no run can satisfy."""
