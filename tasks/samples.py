@@ -478,6 +478,10 @@ def render_frames(plan: dict, only=None):
         yield frame
 
 
+ENCODER_THREADS = 2
+"""Encoder threads for `write_video`, fixed so that a seed gives the same bytes on any machine."""
+
+
 def write_video(path: Path, frames, fps: float, width: int, height: int, *, crf: int = 20,
                 codec: str = "h264") -> None:
     """Encode RGB uint8 (H, W, 3) frames to `codec` (`CODECS`; H.264 by default), yuv420p, at `path`.
@@ -501,6 +505,9 @@ def write_video(path: Path, frames, fps: float, width: int, height: int, *, crf:
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuv420p"
         stream.codec_context.gop_size = max(1, int(round(2 * fr)))
+        # A fixed encoder thread count: with the default (0 = one per core) the bytes depend on the
+        # machine's core count, so the same seed would give other files on another machine.
+        stream.codec_context.thread_count = ENCODER_THREADS
         if codec == "h264":
             stream.options = {"crf": str(crf), "preset": "veryfast"}
         elif codec == "vp9":
