@@ -79,6 +79,7 @@ def vico(
 
     from flows.outcome import run_flow
     from flows.synth_vico import synth_vico
+    from tasks.fanout import PoolError
     from tasks.ray_runtime import RayUnavailable
 
     try:
@@ -92,7 +93,7 @@ def vico(
         )
     except VicoUsageError as exc:
         raise fail(str(exc), "usage", EXIT_USAGE, as_json) from None
-    except (RayUnavailable, OSError) as exc:
+    except (RayUnavailable, PoolError, OSError) as exc:
         raise fail(str(exc), "infrastructure", EXIT_INFRA, as_json) from None
     if as_json:
         typer.echo(json.dumps(summary, sort_keys=True))

@@ -191,80 +191,57 @@ def run_ask_library(
     summary["ray"] = info.describe()
     n = workers or max(1, info.num_gpus or info.num_cpus)
     n = min(n, len(videos))
-    opts = {"num_gpus": 1} if info.num_gpus > 0 else {"num_cpus": 1}
-    actor_cls = ray.remote(AskWorker).options(**opts)
-    actors = [actor_cls.remote(model) for _ in range(n)]
+    from tasks.fanout import ActorPool, FanOut, PoolError, WorkItem
     from tasks.numerics import NumericsChanged, check_probe
 
-    def check_numerics(actor) -> dict:
-        """Wait for `actor` to load the model; answer the archive's probe there and compare."""
-        info = ray.get(actor.ready.remote())
+    def check_numerics(info: dict, slot) -> None:
+        """An actor (re)started: answer the archive's probe there and compare."""
         ref = archive.reference_probe(info["fingerprint"])
         if ref is None:
             summary.setdefault("numerics", []).append({"pid": info["pid"], "status": "unverified"})
-            return info
+            return
         try:
-            res = check_probe(archive, ray.get(actor.answer_probe.remote(ref)), accept=accept_numerics_change,
+            res = check_probe(archive, ray.get(slot.handle.answer_probe.remote(ref)), accept=accept_numerics_change,
                               record=False)
         except NumericsChanged as exc:
             raise AskError("numerics_changed", str(exc)) from exc
         summary.setdefault("numerics", []).append({"pid": info["pid"], **res})
-        return info
 
+    pool = ActorPool(AskWorker, (model,), n=n, resources={"num_gpus": 1} if info.num_gpus > 0 else {"num_cpus": 1},
+                     max_restarts=2, name="answer worker")
+    pool.on_ready = check_numerics
     try:
-        first = [check_numerics(a) for a in actors][0]
-    except ray.exceptions.RayError as exc:
-        for a in actors:
-            ray.kill(a)
-        raise AskError("infrastructure", f"answer worker could not load model {model!r}: {exc}") from exc
-    except AskError:
-        for a in actors:
-            ray.kill(a)
-        raise
-    fp = first["fingerprint"]
-    summary.update(workers=n, fingerprint=fp, model=first["name"])
+        try:
+            first = pool.wait_first_ready()
+        except PoolError as exc:
+            raise AskError("infrastructure", f"{exc}; check --model {model!r}") from exc
+        fp = first["fingerprint"]
+        summary.update(workers=n, fingerprint=fp, model=first["name"])
 
-    from storage import answer_key
+        from storage import answer_key
+        from tasks.ask import answer_row
 
-    settings = answer_settings(max_new_tokens, top_windows)
-    done = set() if force else {r["key"] for r in archive.list_answers(where="status = 'ok'")}
-    jobs = []
-    for vid in videos:
-        vqs = per_video[vid] if per_video is not None else qs
-        todo = [q for q in vqs if answer_key(vid, fp, q.question, q.choices, settings) not in done]
-        summary["skipped"] += len(vqs) - len(todo)
-        if todo:
-            jobs.append((vid, [_qdict(q) for q in todo]))
+        settings = answer_settings(max_new_tokens, top_windows)
+        done = set() if force else {r["key"] for r in archive.list_answers(where="status = 'ok'")}
+        # each video's questions go to one actor, which loads the memory once; a video whose actor
+        # dies under it is asked again on the restarted actor, then recorded as failed
+        fan = FanOut(pool, lambda h, p: h.answer_video.remote(archive_uri, p[0], p[1], max_new_tokens, top_windows),
+                     max_attempts=2)
+        for vid in videos:
+            vqs = per_video[vid] if per_video is not None else qs
+            todo = [q for q in vqs if answer_key(vid, fp, q.question, q.choices, settings) not in done]
+            summary["skipped"] += len(vqs) - len(todo)
+            if todo:
+                fan.put(WorkItem(key=vid, payload=(vid, [_qdict(q) for q in todo])))
 
-    pending: dict[Any, tuple[Any, str, list[dict]]] = {}
-    free = list(actors)
-    queue = list(jobs)
-
-    def submit(actor) -> None:
-        vid, qd = queue.pop(0)
-        ref = actor.answer_video.remote(archive_uri, vid, qd, max_new_tokens, top_windows)
-        pending[ref] = (actor, vid, qd)
-
-    try:
-        while queue and free:
-            submit(free.pop())
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            ref = ready[0]
-            actor, vid, qd = pending.pop(ref)
-            try:
-                rows = ray.get(ref)["rows"]
-            except ray.exceptions.RayError as exc:  # the worker died or raised: record, replace it
-                err = AskError("infrastructure", f"video {vid}: answer worker failed: {type(exc).__name__}: {exc}", vid)
-                from tasks.ask import answer_row
-
+        def write(out) -> None:
+            vid, qd = out.item.payload
+            if out.ok:
+                rows = out.value["rows"]
+            else:  # the worker died (twice) or raised: every question of the video gets a failed row
+                err = AskError("infrastructure", f"video {vid}: answer worker failed: {out.error_line()}", vid)
                 rows = [answer_row(vid, fp, Question(q["question"], tuple(q["choices"]) if q.get("choices") else None),
                                    settings, error=err) for q in qd]
-                ray.kill(actor)
-                actor = actor_cls.remote(model)
-                actors.append(actor)
-                if queue:
-                    check_numerics(actor)
             summary["rows_written"] += archive.put_answers(rows)
             bad = [r for r in rows if r["status"] != "ok"]
             summary["answered"] += len(rows) - len(bad)
@@ -273,11 +250,14 @@ def run_ask_library(
                 summary["failed_videos"][vid] = bad[0]["error_kind"]
             if on_video is not None:
                 on_video(vid, rows)
-            if queue:
-                submit(actor)
+
+        try:
+            fan.run(write)
+        except PoolError as exc:
+            raise AskError("infrastructure", f"{exc}; answers already written are kept and skipped on rerun") from exc
+        summary["worker_restarts"] = pool.restarts
     finally:
-        for a in actors:
-            ray.kill(a)
+        pool.shutdown()
     summary["seconds"] = time.perf_counter() - t0
     return summary
 

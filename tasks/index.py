@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tasks.workers import PlanSpec
 
@@ -299,113 +300,10 @@ def set_progress_sink(fn: ProgressFn | None) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Encode actor pool
+# Encode actor pool (`tasks.fanout.ActorPool` of `EncodeWorker`s)
 
 
-@dataclass
-class _Slot:
-    handle: object
-    ready_ref: object | None
-    state: str = "loading"  # loading | ready | dead
-    in_flight: int = 0
-    pid: int | None = None
-    ready_failures: int = 0
-
-
-class WorkerPool:
-    """N `EncodeWorker` actors, each loading the model once (`num_gpus=1` each with GPUs, else
-    `num_cpus=1`), restarted by Ray when their process dies (`max_restarts`)."""
-
-    def __init__(self, model: str, spec: PlanSpec, n: int, gpus: bool, max_restarts: int = 4, model_tag: str = ""):
-        from tasks.workers import encode_worker_class
-
-        cls = encode_worker_class()
-        opts = {"num_cpus": 1, "max_restarts": max_restarts, "max_task_retries": 0}
-        if gpus:
-            opts["num_gpus"] = 1
-        self.key = (model, spec, n, gpus)
-        self.slots: list[_Slot] = []
-        for _ in range(n):
-            h = cls.options(**opts).remote(model, spec, model_tag)
-            self.slots.append(_Slot(handle=h, ready_ref=h.ready.remote()))
-        self.info: dict | None = None
-        self.max_ready_failures = 4 * (max_restarts + 1)
-        self.on_ready: Callable[[dict], None] | None = None
-        """called with each actor's `ready()` info when it (re)starts; may raise to stop the run."""
-
-    def alive(self) -> list[_Slot]:
-        return [s for s in self.slots if s.state != "dead"]
-
-    def wait_first_ready(self, timeout_s: float = 900.0) -> dict:
-        """Block until one actor has loaded the model; its `ready()` info (fingerprint, name, ...).
-
-        Raises:
-            IndexInfraError: every actor failed to start (the model could not be loaded).
-        """
-        import ray
-
-        if self.info is not None:
-            return self.info
-        deadline = time.monotonic() + timeout_s
-        errors = []
-        while time.monotonic() < deadline:
-            pending = {s.ready_ref: s for s in self.slots if s.state == "loading"}
-            ready = [s for s in self.slots if s.state == "ready"]
-            if ready and self.info is not None:
-                return self.info
-            if not pending:
-                break
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-            for ref in done:
-                self._resolve_ready(pending[ref], ref, errors)
-            if self.info is not None:
-                return self.info
-        raise IndexInfraError(
-            "no encode worker could load the model: " + ("; ".join(errors[:2]) or "timed out")
-            + ". Check --model (a Video-XL checkpoint folder or 'tiny') and the worker logs (`ray logs`)."
-        )
-
-    def _resolve_ready(self, slot: _Slot, ref, errors: list | None = None) -> None:
-        import ray
-
-        from model.environment import UpstreamDriftError
-
-        try:
-            info = ray.get(ref)
-        except ray.exceptions.RayError as exc:
-            if isinstance(exc, UpstreamDriftError) or isinstance(getattr(exc, "cause", None), UpstreamDriftError):
-                raise exc.cause from None  # the model's invariants failed on this worker: stop, store nothing
-            slot.ready_failures += 1
-            # a restarting actor answers "unavailable" (ActorUnavailableError) for a while; an error in
-            # `ready()` or in the actor's `__init__` (ActorDiedError.actor_init_failed) is final
-            final = isinstance(exc, ray.exceptions.RayTaskError) or (
-                isinstance(exc, ray.exceptions.ActorDiedError) and exc.actor_init_failed)
-            if final or slot.ready_failures >= self.max_ready_failures:
-                slot.state, slot.ready_ref = "dead", None
-                if errors is not None:
-                    errors.append(str(exc).strip().splitlines()[-1][:500])
-            else:
-                time.sleep(0.5)
-                slot.ready_ref = slot.handle.ready.remote()
-            return
-        if self.on_ready is not None:
-            self.on_ready(info)
-        slot.state, slot.ready_ref, slot.pid, slot.ready_failures = "ready", None, info["pid"], 0
-        if self.info is None:
-            self.info = info
-
-    def shutdown(self) -> None:
-        import ray
-
-        for s in self.slots:
-            try:
-                ray.kill(s.handle)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
-        self.slots = []
-
-
-_POOLS: dict[tuple, WorkerPool] = {}
+_POOLS: dict[tuple, Any] = {}  # key -> tasks.fanout.ActorPool
 
 
 def shutdown_workers() -> None:
@@ -415,14 +313,20 @@ def shutdown_workers() -> None:
     _POOLS.clear()
 
 
-def _get_pool(options: IndexOptions, num_gpus: int, num_cpus: int, reuse: bool) -> WorkerPool:
+def _get_pool(options: IndexOptions, num_gpus: int, num_cpus: int, reuse: bool):
+    """The `ActorPool` of `EncodeWorker`s for `options` (`num_gpus=1` each with GPUs, else `num_cpus=1`),
+    kept between runs when `reuse`."""
+    from tasks.fanout import ActorPool
+    from tasks.workers import encode_worker_class
+
     gpus = num_gpus > 0
     n = options.workers or (num_gpus if gpus else default_cpu_workers(num_cpus))
     key = (options.model, options.plan, n, gpus)
     if reuse and key in _POOLS and _POOLS[key].alive():
         return _POOLS[key]
     shutdown_workers()  # one kept pool at most: an idle pool would hold CPUs/GPUs the new one needs
-    pool = WorkerPool(options.model, options.plan, n, gpus, model_tag=Path(options.model).name)
+    pool = ActorPool(encode_worker_class(), (options.model, options.plan, Path(options.model).name), n=n,
+                     resources={"num_cpus": 1, **({"num_gpus": 1} if gpus else {})}, name="encode worker")
     if reuse:
         _POOLS[key] = pool
     return pool
@@ -437,7 +341,6 @@ class _Job:
     source_uri: str
     path: str
     video_id: str
-    attempts: int = 0
 
 
 def _indexer_version() -> str:
@@ -558,7 +461,7 @@ def encode_progress(p: dict) -> dict:
 class _Run:
     """The driver loop of one run (state machine over Ray object refs, `ray.wait`)."""
 
-    def __init__(self, srcs, arch, options: IndexOptions, pool: WorkerPool, report: IndexReport, emit, t0):
+    def __init__(self, srcs, arch, options: IndexOptions, pool, report: IndexReport, emit, t0):
         self.srcs, self.arch, self.opt, self.pool, self.report, self.emit, self.t0 = (
             srcs, arch, options, pool, report, emit, t0)
         self.model_tag = Path(options.model).name
@@ -573,6 +476,7 @@ class _Run:
         self._progress_polled = 0.0
         self.encoding_now: list[dict] | None = None
         self.fp: str | None = None
+        self.fan = None  # tasks.fanout.FanOut: the encode stage, once the pool is ready
 
     # -- events ---------------------------------------------------------------------------------
     def _progress(self, event: str, video: str | None = None, pid: int | None = None) -> None:
@@ -587,10 +491,12 @@ class _Run:
         from tasks.workers import PROGRESS_GROUP
 
         now = time.monotonic()
-        if not self.encoding or now - self._progress_polled < 2.0:
+        if self.fan is None or not self.fan.running or now - self._progress_polled < 2.0:
             return
         self._progress_polled = now
-        slots = {id(slot): slot for (_, _, _, slot) in self.encoding.values()}.values()
+        slots = {id(slot): slot for (_, slot) in self.fan.running.values()}.values() if self.fan else ()
+        if not slots:
+            return
         refs = [slot.handle.progress.options(concurrency_group=PROGRESS_GROUP).remote() for slot in slots]
         try:
             got = ray.get(refs, timeout=1.0)
@@ -600,7 +506,8 @@ class _Run:
         self._progress("encoding")
 
     def _in_flight(self) -> int:
-        return len(getattr(self, "decoding", {})) + len(getattr(self, "decoded", ())) + len(getattr(self, "encoding", {}))
+        fan = getattr(self, "fan", None)
+        return len(getattr(self, "decoding", {})) + (len(fan.queue) + len(fan.running) if fan else 0)
 
     def _fail(self, source_uri: str, video_id: str | None, kind: str, error: str, meta: dict | None = None) -> None:
         from tasks.metrics import record_failed
@@ -688,13 +595,18 @@ class _Run:
     def run(self) -> None:
         import ray
 
-        self.decoding: dict = {}  # meta_ref -> (job, frames_ref)
-        self.decoded: deque = deque()  # (job, meta, frames_ref) waiting for an actor
-        self.encoding: dict = {}  # result_ref -> (job, meta, frames_ref, slot)
+        from tasks.fanout import FanOut, PoolError
+
+        self.decoding: dict = {}  # meta_ref -> (job, frames_ref, t0)
         self._progress("started")
         jobs = self._digest_all()  # reads every file once, while the actors load the model
-        self.pool.on_ready = self._check_worker
-        ready = self.pool.wait_first_ready()
+        self.pool.on_ready = lambda info, _slot: self._check_worker(info)
+        try:
+            ready = self.pool.wait_first_ready()
+        except PoolError as exc:
+            raise IndexInfraError(
+                f"{exc}. Check --model (a Video-XL checkpoint folder or 'tiny') and the worker logs (`ray logs`)."
+            ) from exc
         self.fp, self.model_name = ready["fingerprint"], ready["name"]
         self.report.fingerprint = self.fp
         done_ids = self._indexed_with_same_settings()
@@ -716,12 +628,17 @@ class _Run:
             else:
                 queue.append(j)
 
+        # the encode stage: decoded videos (frames in Ray's object store) over the pool's actors; an
+        # item whose actor dies is encoded again from the same frames, up to --max-attempts times
+        self.fan = fan = FanOut(self.pool, lambda h, p: h.encode.remote(*p),
+                                in_flight_per_worker=self.opt.in_flight_per_worker, max_attempts=self.opt.max_attempts,
+                                on_actor_died=self._worker_died)
         decode = decode_remote_fn()
         n_alive = lambda: len(self.pool.alive())  # noqa: E731
-        while queue or self.decoding or self.decoded or self.encoding:
+        while queue or self.decoding or fan.busy:
             # 1. decode ahead: enough decoded videos to keep every actor's queue full
             cap = max(2, n_alive() * self.opt.in_flight_per_worker + 1)
-            while queue and len(self.decoding) + len(self.decoded) < cap and len(self.decoding) < max(2, n_alive()):
+            while queue and len(self.decoding) + len(fan.queue) < cap and len(self.decoding) < max(2, n_alive()):
                 j = queue.popleft()
                 if not self._take_lease(j):
                     continue
@@ -730,22 +647,12 @@ class _Run:
                     model_tag=self.model_tag, decoder=self.opt.decoder)
                 self.decoding[meta_ref] = (j, frames_ref, time.monotonic())
             # 2. hand decoded videos to the least loaded ready actor
-            while self.decoded:
-                free = [s for s in self.pool.slots if s.state == "ready" and s.in_flight < self.opt.in_flight_per_worker]
-                if not free:
-                    break
-                slot = min(free, key=lambda s: s.in_flight)
-                j, meta, frames_ref = self.decoded.popleft()
-                ref = slot.handle.encode.remote(meta, frames_ref)
-                slot.in_flight += 1
-                self.encoding[ref] = (j, meta, frames_ref, slot)
-            if not self.pool.alive():
-                raise IndexInfraError(
-                    "every encode worker died; see `ray logs` (out of memory? a GPU fault?) and rerun: "
-                    "videos already written are kept and skipped")
+            try:
+                fan.dispatch()
+            except PoolError as exc:
+                raise IndexInfraError(f"{exc}; rerun: videos already written are kept and skipped") from exc
             # 3. wait for anything
-            loading = {s.ready_ref: s for s in self.pool.slots if s.state == "loading" and s.ready_ref is not None}
-            waitables = list(self.decoding) + list(self.encoding) + list(loading)
+            waitables = list(self.decoding) + fan.waitables()
             if not waitables:
                 continue
             done, _ = ray.wait(waitables, num_returns=1, timeout=1.0)
@@ -757,10 +664,8 @@ class _Run:
             for ref in done:
                 if ref in self.decoding:
                     self._on_decoded(ref)
-                elif ref in self.encoding:
-                    self._on_encoded(ref)
-                elif ref in loading:
-                    self.pool._resolve_ready(loading[ref], ref)
+                elif (out := fan.resolve(ref)) is not None:
+                    self._on_encoded(out)
 
     # -- leases (storage.Archive.acquire_lease): one encode per video across concurrent runs ------
     def _take_lease(self, j: _Job) -> bool:
@@ -838,46 +743,31 @@ class _Run:
         if not meta["ok"]:
             self._fail(j.source_uri, j.video_id, meta["error_kind"], meta["error"])
             return
-        self.decoded.append((j, meta, frames_ref))
+        from tasks.fanout import WorkItem
 
-    def _on_encoded(self, ref) -> None:
-        import ray
+        self.fan.put(WorkItem(key=j.video_id, payload=(meta, frames_ref), context=j))
 
-        j, meta, frames_ref, slot = self.encoding.pop(ref)
-        slot.in_flight -= 1
-        try:
-            out = ray.get(ref)
-        except ray.exceptions.RayActorError as exc:
-            self._worker_died(slot, exc)
-            j.attempts += 1
-            if j.attempts >= self.opt.max_attempts:
-                self._fail(j.source_uri, j.video_id, "worker_crashed",
-                           f"{j.path}: the encode worker died {j.attempts} times while encoding this video "
-                           f"(last: {type(exc).__name__}); it may exhaust memory: lower --max-frames or remove it",
-                           meta)
-            else:
-                self.decoded.appendleft((j, meta, frames_ref))  # resubmit; the frames are still in the store
+    def _on_encoded(self, out) -> None:
+        """A `tasks.fanout.Outcome` of the encode stage: write the memory, or the failure."""
+        j, (meta, _frames_ref) = out.item.context, out.item.payload
+        if out.status == "worker_died":
+            self._fail(j.source_uri, j.video_id, "worker_crashed",
+                       f"{j.path}: the encode worker died {out.item.attempts} times while encoding this video "
+                       f"(last: {type(out.error).__name__}); it may exhaust memory: lower --max-frames or remove it",
+                       meta)
             return
-        except ray.exceptions.RayTaskError as exc:
-            from model.environment import UpstreamDriftError
-
-            if isinstance(exc, UpstreamDriftError) or isinstance(exc.cause, UpstreamDriftError):
-                # not the video's fault: stop, store nothing
-                raise exc.cause from None
-            self._fail(j.source_uri, j.video_id, "encode_failed", f"{j.path}: {exc}", meta)
+        if out.status == "raised":
+            self._fail(j.source_uri, j.video_id, "encode_failed", f"{j.path}: {out.error}", meta)
             return
-        if not out["ok"]:
-            self._fail(j.source_uri, j.video_id, out["error_kind"], out["error"], meta)
+        if not out.value["ok"]:
+            self._fail(j.source_uri, j.video_id, out.value["error_kind"], out.value["error"], meta)
             return
-        self._write(j, meta, out["result"])
+        self._write(j, meta, out.value["result"])
 
-    def _worker_died(self, slot: _Slot, exc) -> None:
-        """An actor's process died: Ray restarts it (reloading the model); wait for it to be ready."""
-        if slot.state == "ready":
-            self.report.worker_restarts += 1
-            slot.state = "loading"
-            slot.ready_ref = slot.handle.ready.remote()
-            self._progress("worker_died", pid=slot.pid)
+    def _worker_died(self, slot) -> None:
+        """An actor's process died under an item: Ray restarts it (reloading the model)."""
+        self.report.worker_restarts += 1
+        self._progress("worker_died", pid=slot.pid)
 
     def _write(self, j: _Job, meta: dict, enc) -> None:
         from tasks.metrics import record_indexed

@@ -9,9 +9,9 @@ that `flows/synth_vico.py` is made of:
 - `process_video(job, captioner, extractor, options)`: content digest, decode at `fps` (in a
   killable child process), then `vico_synth.pipeline.synth_video`; a bad file is a skipped
   `VideoResult`, never an exception.
-- `run_jobs(jobs, options)`: in this process (`workers=0`) or fanned out over Ray: when the captioner
-  or extractor loads a model, `workers` long-lived actors each build the back ends once (one GPU
-  each when the cluster has GPUs); otherwise one Ray task per video.
+- `run_jobs(jobs, options)`: in this process (`workers=0`) or fanned out over Ray (`tasks.fanout`):
+  `workers` actors each build the back ends once; by default one per CPU, or, when the captioner
+  or extractor loads a model, one per GPU (one per 2 CPUs without GPUs).
 - `write_outputs(results, options, join)`: train/val split, balanced answer positions,
   `OUT/train.json`, `OUT/val.json`, `OUT/summary.json` (canonical bytes), the archive's
   `vico_samples` table when `archive` is given; returns the summary.
@@ -239,81 +239,70 @@ def run_local(jobs: list[VideoJob], options: VicoOptions) -> list[VideoResult]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Ray fan-out
-
-_REMOTES: dict[str, Any] = {}
+# Ray fan-out (tasks.fanout)
 
 
-def _ray_remotes():
-    """(task, actor class), defined once per process (ray imported lazily)."""
-    if not _REMOTES:
-        import ray
+class VicoWorker:
+    """Ray actor body: builds the captioner and extractor once (their models load on first use) and
+    processes video after video. Module-level, so Ray workers import it however the flow was loaded."""
 
-        @ray.remote(max_retries=1)
-        def synth_remote(job: VideoJob, options: dict) -> VideoResult:
-            opts = VicoOptions.from_dict(options)
-            captioner, extractor = _backends(opts)
-            return process_video(job, captioner, extractor, opts)
+    def __init__(self, options: dict):
+        self.options = VicoOptions.from_dict(options)
+        self.captioner, self.extractor = _backends(self.options)
 
-        @ray.remote(max_restarts=2, max_task_retries=1)
-        class VicoWorker:
-            """Builds the captioner and extractor once (models load on first use) and processes videos."""
+    def ready(self) -> dict:
+        return {"pid": os.getpid()}
 
-            def __init__(self, options: dict):
-                self.options = VicoOptions.from_dict(options)
-                self.captioner, self.extractor = _backends(self.options)
-
-            def run(self, job: VideoJob) -> VideoResult:
-                return process_video(job, self.captioner, self.extractor, self.options)
-
-        _REMOTES["task"], _REMOTES["actor"] = synth_remote, VicoWorker
-    return _REMOTES["task"], _REMOTES["actor"]
+    def run(self, job: VideoJob) -> VideoResult:
+        return process_video(job, self.captioner, self.extractor, self.options)
 
 
 def is_heavy(options: VicoOptions) -> bool:
-    """True when the captioner or the extractor loads a model (then long-lived actors are used)."""
+    """True when the captioner or the extractor loads a model (then one actor per GPU, or per 2 CPUs)."""
     return CAPTIONERS[options.captioner].heavy or EXTRACTORS[options.extractor].heavy
 
 
 def run_on_ray(jobs: list[VideoJob], options: VicoOptions) -> tuple[list[VideoResult], dict]:
-    """Fan the jobs out over Ray. Returns (results in job order, {"workers", "mode", "dashboard_url"}).
+    """Fan the jobs out over `VicoWorker` actors (`tasks.fanout`). Returns (results in job order,
+    {"workers", "mode", "dashboard_url", "worker_restarts"}).
 
-    A worker that dies on a video (after Ray's retries) gives that video a `worker_failed` skip.
-    Raises `tasks.ray_runtime.RayUnavailable` when Ray cannot be reached or started.
+    A video whose worker dies under it is processed again on the restarted worker; a second death,
+    or an exception the back ends raise, gives that video a `worker_failed` skip with the error.
+
+    Raises:
+        tasks.ray_runtime.RayUnavailable: Ray cannot be reached or started.
+        tasks.fanout.PoolError: no worker could start (a back end cannot be built), or all died.
     """
-    import ray
-
+    from tasks.fanout import ActorPool, FanOut, WorkItem
     from tasks.ray_runtime import ensure_ray
 
     info = ensure_ray(options.ray_address)
-    task, actor_cls = _ray_remotes()
-    opts = options.to_dict()
     if not jobs:
         return [], {"workers": 0, "mode": "none", "dashboard_url": info.dashboard_url}
-    heavy = is_heavy(options)
-    if heavy:
+    if is_heavy(options):
         n = options.workers or (info.num_gpus if info.num_gpus else max(1, info.num_cpus // 2))
-        n = max(1, min(n, len(jobs)))
-        gpus = 1 if info.num_gpus else 0
-        actors = [actor_cls.options(num_gpus=gpus).remote(opts) for _ in range(n)]
-        refs = [actors[i % n].run.remote(j) for i, j in enumerate(jobs)]
-        mode = "actors"
+        resources = {"num_gpus": 1} if info.num_gpus else {"num_cpus": 1}
     else:
-        n = options.workers or info.num_cpus
-        refs = [task.remote(j, opts) for j in jobs]
-        mode = "tasks"
-    results = []
-    for j, ref in zip(jobs, refs, strict=True):
-        try:
-            results.append(ray.get(ref))
-        except ray.exceptions.RayError as exc:
-            msg = str(exc).strip().splitlines()
-            results.append(VideoResult(video=j.video, video_id=None, path=j.path).skip(
-                SKIP_WORKER, f"{type(exc).__name__}: {msg[-1][:300] if msg else ''}"))
-    if heavy:
-        for a in actors:
-            ray.kill(a)
-    return results, {"workers": n, "mode": mode, "dashboard_url": info.dashboard_url}
+        n, resources = options.workers or info.num_cpus, {"num_cpus": 1}
+    n = max(1, min(n, len(jobs)))
+    pool = ActorPool(VicoWorker, (options.to_dict(),), n=n, resources=resources, max_restarts=2, name="VICO worker")
+    results: list[VideoResult | None] = [None] * len(jobs)
+
+    def take(out) -> None:
+        i, j = out.item.context, out.item.payload
+        results[i] = out.value if out.ok else VideoResult(video=j.video, video_id=None, path=j.path).skip(
+            SKIP_WORKER, out.error_line())
+
+    try:
+        pool.wait_first_ready()
+        fan = FanOut(pool, lambda h, job: h.run.remote(job), max_attempts=2)
+        for i, j in enumerate(jobs):
+            fan.put(WorkItem(key=j.video, payload=j, context=i))
+        fan.run(take)
+    finally:
+        pool.shutdown()
+    return results, {"workers": n, "mode": "actors", "dashboard_url": info.dashboard_url,
+                     "worker_restarts": pool.restarts}
 
 
 def run_jobs(jobs: list[VideoJob], options: VicoOptions) -> tuple[list[VideoResult], dict]:

@@ -150,3 +150,38 @@ def test_answer_video_questions_loads_memory_once(lib, tiny_vx, monkeypatch):
     qs = [Question("What happens first?"), Question("And then?"), Question("Which?", ("red", "blue"))]
     rows = answer_video_questions(open_archive(uri), tiny_vx, good[0], qs, max_new_tokens=4)
     assert [r["status"] for r in rows] == ["ok"] * 3 and len(calls) == 1
+
+
+def test_an_answer_worker_killed_between_videos_is_restarted_and_nothing_is_lost(ray_session, lib, tiny_vx):
+    """SIGKILL of the only answer worker after its first video: the next video's call finds the
+    process dead, Ray restarts it, and the video is asked again there (tasks.fanout); every answer
+    equals the model's own answer from the stored memory."""
+    import os
+    import signal
+
+    import psutil
+
+    from tasks.ask_library import run_ask_library
+
+    uri, good = lib
+    question = "What colour is the background after the killing?"
+    killed = []
+
+    def kill_worker(vid, rows):
+        if not killed:
+            # this process's own Ray: its actors are our descendants ("ray::AskWorker..." titles)
+            pids = [p.pid for p in psutil.Process().children(recursive=True)
+                    if "ray::AskWorker" in " ".join(p.cmdline())]
+            assert len(pids) == 1
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+
+    s = run_ask_library(uri, questions=[question], where=f"video_id IN ('{good[0]}', '{good[1]}')", workers=1,
+                        max_new_tokens=6, on_video=kill_worker)
+    assert killed and s["worker_restarts"] == 1
+    assert (s["videos"], s["answered"], s["failed"]) == (2, 2, 0)
+    arch = open_archive(uri)
+    for vid in good:
+        (row,) = arch.list_answers(f"question = '{question}' AND video_id = '{vid}'")
+        want = tiny_vx.answer(arch.load_memory(vid, tiny_vx.fingerprint), question, max_new_tokens=6).text
+        assert row["status"] == "ok" and row["answer"] == want

@@ -35,7 +35,7 @@ def test_flow_on_ray_matches_in_process(flow_videos, tmp_path):
         summary = state.result()
     finally:
         shutdown_if_started(info)
-    assert summary["run"]["mode"] == "tasks"
+    assert summary["run"]["mode"] == "actors"
     assert summary["videos"] == {"total": 4, "with_samples": 3, "skipped": 1}
     assert summary["skipped"][0]["video"] == "broken.mp4" and summary["skipped"][0]["kind"] == "decode_failed"
     assert summary["exit_code"] == 3
