@@ -8,6 +8,7 @@ plain Ray actors (no RayTaskRunner), so no worker ever starts a temporary Prefec
 
 from __future__ import annotations
 
+import inspect
 import os
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -16,43 +17,36 @@ from prefect import flow, task  # noqa: E402
 
 from flows.deploy import reject_templates  # noqa: E402
 from flows.outcome import final_state  # noqa: E402
-from tasks.ask_library import run_ask_library, summary_markdown  # noqa: E402
+from tasks.ask_library import AskLibraryOptions, run_ask_library, summary_markdown  # noqa: E402
+from tasks.options import flow_function  # noqa: E402
 
 
 @task(name="ask-library-videos")
-def _run(archive_uri: str, questions: list | None, questions_file: str | None, where: str | None, model: str,
-         max_new_tokens: int, top_windows: int | None, workers: int | None, ray_address: str | None,
-         force: bool, accept_numerics_change: bool = False) -> dict:
-    return run_ask_library(archive_uri, questions, questions_file, where, model, max_new_tokens, top_windows,
-                           workers, ray_address, force, accept_numerics_change=accept_numerics_change)
+def _run(options: AskLibraryOptions, ray_address: str | None) -> dict:
+    return run_ask_library(options, ray_address=ray_address)
 
 
-@flow(name="ask_library", log_prints=False)
-def ask_library(
-    archive_uri: str,
-    questions: list | None = None,
-    questions_file: str | None = None,
-    where: str | None = None,
-    model: str = "tiny",
-    max_new_tokens: int = 32,
-    top_windows: int | None = None,
-    workers: int | None = None,
-    ray_address: str | None = None,
-    force: bool = False,
-    accept_numerics_change: bool = False,
-) -> dict:
-    """Prefect flow around `run_ask_library`; publishes the summary as the artifact `ask-library-summary`.
-
-    Returns the summary as the final state's data; the state is `Completed`, "Completed with
-    failures" when some answers failed, or `Failed` when every question failed (`flows.outcome`)."""
+def _ask_library(options: dict, ray_address: str | None = None) -> dict:
     from prefect.artifacts import create_markdown_artifact
 
-    reject_templates("ask_library", archive_uri=archive_uri, questions_file=questions_file, model=model,
-                     ray_address=ray_address)
-    summary = _run(archive_uri=archive_uri, questions=questions, questions_file=questions_file, where=where,
-                   model=model, max_new_tokens=max_new_tokens, top_windows=top_windows, workers=workers,
-                   ray_address=ray_address, force=force, accept_numerics_change=accept_numerics_change)
+    reject_templates("ask_library", archive_uri=options.get("archive_uri"), questions_file=options.get("questions_file"),
+                     model=options.get("model"), ray_address=ray_address)
+    opts = AskLibraryOptions.checked(**options)
+    summary = _run(options=opts, ray_address=ray_address)
     create_markdown_artifact(markdown=summary_markdown(summary), key="ask-library-summary",
                              description="vxl ask-library job summary")
     return final_state(summary, succeeded=summary["answered"] + summary["skipped"], failed=summary["failed"],
                        what="questions")
+
+
+# One flow parameter per field of AskLibraryOptions (flat: runs override single parameters of the
+# deployment, see tasks.options.flow_function), then `ray_address`.
+ask_library = flow(name="ask_library", log_prints=False)(flow_function(
+    AskLibraryOptions, _ask_library,
+    extra=[inspect.Parameter("ray_address", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=str | None)],
+    extra_help={"ray_address": "Ray cluster (default $RAY_ADDRESS, else a private local Ray)."},
+    doc="""Prefect flow around `run_ask_library`; publishes the summary as the artifact `ask-library-summary`.
+
+    Returns the summary as the final state's data; the state is `Completed`, "Completed with
+    failures" when some answers failed, or `Failed` when every question failed (`flows.outcome`).
+    Invalid options raise `tasks.ask.AskError` (kind "usage") before Ray starts."""))

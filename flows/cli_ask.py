@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
 
 import typer
 
@@ -105,65 +104,56 @@ def register(app: typer.Typer) -> None:
         else:
             _print_answer(r)
 
-    @app.command("ask-library")
-    def ask_library_cmd(
-        archive: str = typer.Option(None, "--archive", "-a", help="Archive URI. Default: $VXL_ARCHIVE or ./archive."),
-        question: list[str] = typer.Option(None, "--question", "-q", help="A question (repeat for several)."),
-        questions: str = typer.Option(None, "--questions",
-                                      help='JSON/JSONL file: ["q", {"question": ..., "choices": [...], "id": ...}]'),
-        where: str = typer.Option(None, "--where", help="SQL filter on table videos, e.g. \"duration_s > 60\"."),
-        model: str = typer.Option("tiny", "--model", help="'tiny', 'toy' (trained, shipped) or a Video-XL checkpoint folder."),
-        max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
-        top_windows: int = typer.Option(None, "--top-windows", help="Question-aware loading (see `vxl ask`)."),
-        clip_weights: str = typer.Option(None, "--clip-weights", envvar="VXL_CLIP_WEIGHTS",
-                                         help="CLIP state dict for --top-windows (see `vxl ask`)."),
-        workers: int = typer.Option(None, "--workers", help="Ray answer workers (default: GPUs, else CPUs)."),
-        ray_address: str = typer.Option(None, "--ray-address", help="Ray cluster (default $RAY_ADDRESS, else local)."),
-        force: bool = typer.Option(False, "--force", help="Answer again even if already stored."),
-        accept_numerics_change: bool = typer.Option(
-            False, "--accept-numerics-change", help="Answer even though this environment's numerics probe differs "
-            "from the archive's (the change is recorded in the archive)."),
-        no_prefect: bool = typer.Option(False, "--no-prefect", help="Run without the Prefect flow engine."),
-        as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
-    ) -> None:
-        """Ask questions of every indexed video (or those matching --where); results go to `answers`."""
-        if clip_weights:
-            os.environ["VXL_CLIP_WEIGHTS"] = clip_weights  # read by the answer workers (tasks.ask)
-        try:
-            if question and questions:
-                raise AskError("usage", "give --question or --questions, not both")
-            kwargs: dict[str, Any] = dict(
-                archive_uri=_archive_uri(archive), questions=list(question) if question else None,
-                questions_file=questions, where=where, model=model, max_new_tokens=max_new_tokens,
-                top_windows=top_windows, workers=workers, ray_address=ray_address, force=force,
-                accept_numerics_change=accept_numerics_change)
-            from tasks.ask_library import questions_from
+    from tasks.ask_library import AskLibraryOptions
+    from tasks.options import cli_command
+    from tasks.options import cli_flag as p
 
-            questions_from(kwargs["questions"], kwargs["questions_file"])  # usage errors before Prefect and Ray
-            open_archive_or_fail(kwargs["archive_uri"])
-            if no_prefect:
-                from tasks.ask_library import run_ask_library
+    app.command("ask-library")(cli_command(AskLibraryOptions, ask_library_cmd, extra=[
+        p("clip_weights", str, None, "--clip-weights", help="CLIP state dict for --top-windows (see `vxl ask`); "
+          "default $VXL_CLIP_WEIGHTS."),
+        p("ray_address", str, None, "--ray-address", help="Ray cluster (default $RAY_ADDRESS, else local)."),
+        p("no_prefect", bool, False, "--no-prefect", help="Run without the Prefect flow engine."),
+        p("as_json", bool, False, "--json", help="Print the summary as JSON."),
+    ]))
 
-                summary = run_ask_library(**kwargs)
-            else:
-                from flows.ask_library import ask_library
-                from flows.outcome import run_flow
 
-                summary = run_flow(ask_library, **kwargs)
-        except AskError as exc:
-            raise _fail(exc, as_json) from None
-        if as_json:
-            typer.echo(json.dumps(summary, indent=2, default=str))
+def ask_library_cmd(options: dict, *, clip_weights: str | None = None, ray_address: str | None = None,
+                    no_prefect: bool = False, as_json: bool = False) -> None:
+    """Ask questions of every indexed video (or those matching --where); results go to `answers`.
+
+    Flags: `tasks.ask_library.AskLibraryOptions` plus --clip-weights, --ray-address, --no-prefect, --json."""
+    from tasks.ask_library import AskLibraryOptions
+
+    if clip_weights:
+        os.environ["VXL_CLIP_WEIGHTS"] = clip_weights  # read by the answer workers (tasks.ask)
+    try:
+        if options.get("questions") and options.get("questions_file"):
+            raise AskError("usage", "give --question or --questions, not both")
+        opts = AskLibraryOptions.checked(**options)  # usage errors before Prefect and Ray
+        open_archive_or_fail(opts.archive)
+        if no_prefect:
+            from tasks.ask_library import run_ask_library
+
+            summary = run_ask_library(opts, ray_address=ray_address)
         else:
-            typer.echo(
-                f"{summary['videos']} videos x {summary['questions']} questions: {summary['answered']} answered, "
-                f"{summary['skipped']} already answered, {summary['failed']} failed "
-                f"({summary['workers']} workers, {summary.get('seconds', 0):.1f} s)"
-            )
-            for vid, kind in sorted(summary["failed_videos"].items()):
-                typer.echo(f"  failed: {vid}: {kind}", err=True)
-            if summary["not_indexed"]:
-                typer.echo(f"  {len(summary['not_indexed'])} matching videos are not indexed", err=True)
-        sys.stdout.flush()
-        if summary["failed"]:
-            raise typer.Exit(EXIT_FAILURES)
+            from flows.ask_library import ask_library
+            from flows.outcome import run_flow
+
+            summary = run_flow(ask_library, **opts.model_dump(), ray_address=ray_address)
+    except AskError as exc:
+        raise _fail(exc, as_json) from None
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+    else:
+        typer.echo(
+            f"{summary['videos']} videos x {summary['questions']} questions: {summary['answered']} answered, "
+            f"{summary['skipped']} already answered, {summary['failed']} failed "
+            f"({summary['workers']} workers, {summary.get('seconds', 0):.1f} s)"
+        )
+        for vid, kind in sorted(summary["failed_videos"].items()):
+            typer.echo(f"  failed: {vid}: {kind}", err=True)
+        if summary["not_indexed"]:
+            typer.echo(f"  {len(summary['not_indexed'])} matching videos are not indexed", err=True)
+    sys.stdout.flush()
+    if summary["failed"]:
+        raise typer.Exit(EXIT_FAILURES)

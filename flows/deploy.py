@@ -156,6 +156,20 @@ def validate(spec: dict) -> list[str]:
                 EvalOptions.model_validate(p["options"])
             except ValidationError as exc:
                 bad(f"parameter options: {validation_message(EvalOptions, exc)}")
+        elif flow == "ask_library":
+            from pydantic import ValidationError
+
+            from tasks.ask import AskError
+            from tasks.ask_library import AskLibraryOptions
+            from tasks.options import validation_message
+
+            kw = {k: v for k, v in p.items() if k != "ray_address"}
+            try:  # names, types and settings: the questions are given at run time
+                AskLibraryOptions.model_validate(kw).validate_settings()
+            except ValidationError as exc:
+                bad(f"parameters: {validation_message(AskLibraryOptions, exc)}")
+            except AskError as exc:
+                bad(f"parameters: {exc}")
     return problems
 
 

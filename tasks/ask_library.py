@@ -24,6 +24,59 @@ from dataclasses import asdict
 from typing import Any
 
 from tasks.ask import AskError, Question, load_questions_file, parse_questions
+from tasks.options import JobOptions, option
+
+
+class AskLibraryOptions(JobOptions):
+    """The options of one library question job: the one options model of ask-library (issue 15),
+    read by `vxl ask-library` (its flags, through `tasks.options.cli_command`), the `ask_library`
+    flow (one parameter per field, `tasks.options.flow_function`) and `run_ask_library`.
+    Construction checks types (pydantic); `validate()` raises `AskError(kind="usage")` for what no
+    run can satisfy, before Prefect or Ray start."""
+
+    archive_uri: str | None = option(None, "--archive", "-a", help="Archive URI. Default: $VXL_ARCHIVE or ./archive.")
+    questions: list[str | dict] | None = option(
+        None, "--question", "-q", help='A question (repeat for several); in a flow also {"question", "choices", '
+        '"id"} mappings.')
+    questions_file: str | None = option(
+        None, "--questions", help='JSON/JSONL file: ["q", {"question": ..., "choices": [...], "id": ...}].')
+    where: str | None = option(None, "--where", help='SQL filter on table videos, e.g. "duration_s > 60" '
+                               "(default: every indexed video).")
+    model: str = option("tiny", "--model", help="'tiny', 'toy' (trained, shipped) or a Video-XL checkpoint folder; "
+                        "must be the model that indexed the videos.")
+    max_new_tokens: int = option(32, "--max-new-tokens", help="Answer length cap, tokens.")
+    top_windows: int | None = option(None, "--top-windows", help="Answer from the K windows most similar to the "
+                                     "question (question-aware partial reload; default: all).")
+    workers: int | None = option(None, "--workers", help="Ray answer workers (default: GPUs, else CPUs; at most one "
+                                 "per video).")
+    force: bool = option(False, "--force", help="Answer again even if already stored.")
+    accept_numerics_change: bool = option(
+        False, "--accept-numerics-change", help="Answer even though this environment's numerics probe differs from "
+        "the archive's (the change is recorded in the archive).")
+
+    @property
+    def archive(self) -> str:
+        """`archive_uri`, else `$VXL_ARCHIVE`, else `archive` (relative to the working folder)."""
+        return self.archive_uri or os.environ.get("VXL_ARCHIVE") or "archive"
+
+    def validate(self) -> None:
+        """Raise AskError(kind="usage") for no questions or both forms, an unreadable or malformed
+        questions file, a bad question, or a bad setting (`validate_settings`)."""
+        self.validate_settings()
+        questions_from(self.questions, self.questions_file)
+
+    def validate_settings(self) -> None:
+        """Raise AskError(kind="usage") for `--max-new-tokens` < 1, `--top-windows` < 0, `--workers` < 1."""
+        if self.max_new_tokens < 1:
+            raise AskError("usage", f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if self.top_windows is not None and self.top_windows < 0:
+            raise AskError("usage", f"--top-windows must be >= 0, got {self.top_windows}")
+        if self.workers is not None and self.workers < 1:
+            raise AskError("usage", f"--workers must be >= 1, got {self.workers}")
+
+    @classmethod
+    def usage_error(cls, message: str) -> AskError:
+        return AskError("usage", message)
 
 
 class AskWorker:
@@ -113,59 +166,51 @@ def select_videos(archive, where: str | None) -> tuple[list[str], list[str]]:
 
 
 def run_ask_library(
-    archive_uri: str,
-    questions: list | None = None,
-    questions_file: str | None = None,
-    where: str | None = None,
-    model: str = "tiny",
-    max_new_tokens: int = 32,
-    top_windows: int | None = None,
-    workers: int | None = None,
+    options: AskLibraryOptions,
+    *,
     ray_address: str | None = None,
-    force: bool = False,
     on_video=None,
-    accept_numerics_change: bool = False,
     per_video: dict[str, list[Question]] | None = None,
 ) -> dict:
-    """Ask `questions` (strings or {"question", "choices"?, "id"?}) of every matching indexed video.
+    """Ask `options.questions` (strings or {"question", "choices"?, "id"?}) or those of
+    `options.questions_file` of every indexed video matching `options.where`.
 
     Args:
-        where: SQL filter on `videos` (e.g. "duration_s > 60"); None = every indexed video.
-        workers: Ray actors (default: one per GPU, else one per CPU, at most one per video).
-        force: answer again even when the same key is already stored with status ok.
+        options: the job's options (`AskLibraryOptions`; `force` answers again keys already stored
+            with status ok; `accept_numerics_change` answers even when a worker's numerics probe
+            differs from the archive's, and records the change).
+        ray_address: Ray cluster (default $RAY_ADDRESS, else a private local Ray).
         on_video: optional callback(video_id, rows) after each video's rows are written.
-        accept_numerics_change: answer even when a worker's numerics probe differs from the
-            archive's (the change is recorded in the archive's `probes` table).
         per_video: instead of `questions`/`questions_file`/`where`: each video id's own questions
             (benchmark evaluation, `tasks.evaluate`); ids not indexed are reported in `not_indexed`.
 
     Returns:
         Summary dict: videos, answered, skipped (already answered), failed, failed_videos
-        ({video_id: error_kind}), not_indexed, workers, fingerprint, seconds, rows_written.
+        ({video_id: error_kind}), not_indexed, workers, worker_restarts, fingerprint, seconds,
+        rows_written.
 
     Raises:
         AskError: 'usage' (no/empty questions, bad `where`, bad settings), 'infrastructure'
-            (archive unreadable, Ray unreachable) or 'numerics_changed' (a worker's numerics differ
-            from the archive's; nothing answered).
+            (archive unreadable, Ray unreachable, no worker could load the model, every worker died)
+            or 'numerics_changed' (a worker's numerics differ from the archive's; nothing answered).
     """
     from tasks.ask import answer_settings, open_archive_or_fail
 
     t0 = time.perf_counter()
+    o = options
+    archive_uri, where, model, max_new_tokens, top_windows = (o.archive, o.where, o.model, o.max_new_tokens,
+                                                              o.top_windows)
     if per_video is not None:
-        if questions is not None or questions_file is not None or where is not None:
+        if o.questions is not None or o.questions_file is not None or where is not None:
             raise AskError("usage", "per_video replaces questions, questions_file and where")
         for vqs in per_video.values():
             for q in vqs:
                 q.validate()
         qs = [q for vqs in per_video.values() for q in vqs]
+        o.validate_settings()
     else:
-        qs = questions_from(questions, questions_file)
-    if max_new_tokens < 1:
-        raise AskError("usage", f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    if top_windows is not None and top_windows < 0:
-        raise AskError("usage", f"--top-windows must be >= 0, got {top_windows}")
-    if workers is not None and workers < 1:
-        raise AskError("usage", f"--workers must be >= 1, got {workers}")
+        o.validate_settings()
+        qs = questions_from(o.questions, o.questions_file)
     archive = open_archive_or_fail(archive_uri)
     videos, not_indexed = select_videos(archive, where)
     if per_video is not None:
@@ -189,7 +234,7 @@ def run_ask_library(
     except RayUnavailable as exc:
         raise AskError("infrastructure", str(exc)) from exc
     summary["ray"] = info.describe()
-    n = workers or max(1, info.num_gpus or info.num_cpus)
+    n = o.workers or max(1, info.num_gpus or info.num_cpus)
     n = min(n, len(videos))
     from tasks.fanout import ActorPool, FanOut, PoolError, WorkItem
     from tasks.numerics import NumericsChanged, check_probe
@@ -201,7 +246,7 @@ def run_ask_library(
             summary.setdefault("numerics", []).append({"pid": info["pid"], "status": "unverified"})
             return
         try:
-            res = check_probe(archive, ray.get(slot.handle.answer_probe.remote(ref)), accept=accept_numerics_change,
+            res = check_probe(archive, ray.get(slot.handle.answer_probe.remote(ref)), accept=o.accept_numerics_change,
                               record=False)
         except NumericsChanged as exc:
             raise AskError("numerics_changed", str(exc)) from exc
@@ -222,7 +267,7 @@ def run_ask_library(
         from tasks.ask import answer_row
 
         settings = answer_settings(max_new_tokens, top_windows)
-        done = set() if force else {r["key"] for r in archive.list_answers(where="status = 'ok'")}
+        done = set() if o.force else {r["key"] for r in archive.list_answers(where="status = 'ok'")}
         # each video's questions go to one actor, which loads the memory once; a video whose actor
         # dies under it is asked again on the restarted actor, then recorded as failed
         fan = FanOut(pool, lambda h, p: h.answer_video.remote(archive_uri, p[0], p[1], max_new_tokens, top_windows),

@@ -388,7 +388,7 @@ def run_eval(
     import time
 
     from tasks.ask import AskError, Question
-    from tasks.ask_library import run_ask_library
+    from tasks.ask_library import AskLibraryOptions, run_ask_library
 
     t0 = time.perf_counter()
     archive_uri, questions_file, videos_dir, model = (options.archive_uri, options.questions_file, options.videos_dir,
@@ -453,9 +453,10 @@ def run_eval(
     results: list[dict] = []
     if per_video:
         try:
-            ask_summary = run_ask_library(archive_uri, model=model, max_new_tokens=1, top_windows=top_windows,
-                                          workers=workers, ray_address=ray_address, force=force, on_video=on_video,
-                                          per_video=per_video)
+            ask_summary = run_ask_library(
+                AskLibraryOptions(archive_uri=archive_uri, model=model, max_new_tokens=1, top_windows=top_windows,
+                                  workers=workers, force=force),
+                ray_address=ray_address, on_video=on_video, per_video=per_video)
         except AskError as exc:
             raise EvalError("usage" if exc.kind == "usage" else "infrastructure", str(exc)) from None
         from storage import answer_key, open_archive

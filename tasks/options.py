@@ -187,3 +187,39 @@ def cli_command(model: type[BaseModel], run, *, extra: list[inspect.Parameter] =
     command.__doc__ = doc if doc is not None else run.__doc__
     command.__name__ = getattr(run, "__name__", "command")
     return command
+
+
+def flow_function(model: type[BaseModel], body, *, extra: list[inspect.Parameter] = (),
+                  extra_help: dict[str, str] | None = None, doc: str):
+    """A function to decorate with Prefect's `@flow`, whose parameters are `model`'s fields, flat (one
+    flow parameter per field, with the field's default), followed by `extra` (the flow's own, e.g.
+    `ray_address`, described by `extra_help`); it calls `body(options_kwargs, **extra_values)`.
+
+    Flat, not one `options` mapping, for jobs whose deployments fill most fields from `{{ $VAR }}`
+    templates and whose runs override a few: Prefect merges a run's parameters with the
+    deployment's by top-level name, so a nested mapping would make every run restate all of it.
+    The fields' descriptions go into the docstring's `Args:` section, which is where Prefect reads
+    parameter descriptions from (the UI's form and the deployment's schema). Validate inside `body`
+    with `model.checked(**options_kwargs)`: Prefect checks the types first, the model the rest.
+
+    Raises:
+        TypeError: a field with a `default_factory` (its default would be shared by every run).
+    """
+    names = {p.name for p in extra}
+    params = []
+    for name, f in model.model_fields.items():
+        if f.default_factory is not None:
+            raise TypeError(f"{model.__name__}.{name}: a default_factory field cannot be a flat flow parameter")
+        default = inspect.Parameter.empty if f.is_required() else f.default
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=f.annotation))
+
+    def fn(**values):
+        own = {k: values.pop(k) for k in list(values) if k in names}
+        return body(values, **own)
+
+    fn.__signature__ = inspect.Signature([*params, *extra])
+    args = [(n, f.description or "") for n, f in model.model_fields.items()]
+    args += [(p.name, (extra_help or {}).get(p.name, "")) for p in extra]
+    fn.__doc__ = doc.rstrip() + "\n\nArgs:\n" + "".join(f"    {n}: {d}\n" for n, d in args)
+    fn.__name__ = getattr(body, "__name__", "flow").lstrip("_")
+    return fn

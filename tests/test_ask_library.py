@@ -161,7 +161,7 @@ def test_an_answer_worker_killed_between_videos_is_restarted_and_nothing_is_lost
 
     import psutil
 
-    from tasks.ask_library import run_ask_library
+    from tasks.ask_library import AskLibraryOptions, run_ask_library
 
     uri, good = lib
     question = "What colour is the background after the killing?"
@@ -176,8 +176,8 @@ def test_an_answer_worker_killed_between_videos_is_restarted_and_nothing_is_lost
             os.kill(pids[0], signal.SIGKILL)
             killed.append(pids[0])
 
-    s = run_ask_library(uri, questions=[question], where=f"video_id IN ('{good[0]}', '{good[1]}')", workers=1,
-                        max_new_tokens=6, on_video=kill_worker)
+    s = run_ask_library(AskLibraryOptions(archive_uri=uri, questions=[question], workers=1, max_new_tokens=6,
+                                          where=f"video_id IN ('{good[0]}', '{good[1]}')"), on_video=kill_worker)
     assert killed and s["worker_restarts"] == 1
     assert (s["videos"], s["answered"], s["failed"]) == (2, 2, 0)
     arch = open_archive(uri)

@@ -82,6 +82,13 @@ def test_deploy_checks_an_options_mapping_against_the_jobs_model(tmp_path):
     assert problems[1].startswith("deployment train: parameter options: --steps: Input should be a valid integer")
     deps["train"]["parameters"] = {"options": {"steps": 0}}
     assert "--steps must be an integer >= 1, got 0" in validate(spec)[-1]
+    # ask-library takes its options flat (one parameter per field), checked against the same model
+    deps["train"]["parameters"] = {}
+    deps["evaluate"]["parameters"]["options"].pop("top_window")
+    deps["ask-library"]["parameters"]["max_new_tokens"] = 0
+    assert validate(spec) == ["deployment ask-library: parameters: --max-new-tokens must be >= 1, got 0"]
+    deps["ask-library"]["parameters"].update(max_new_tokens=8, top_window=2)
+    assert validate(spec)[0].startswith("deployment ask-library: parameters: unknown option 'top_window'")
 
 
 RUNS = r"""

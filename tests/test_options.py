@@ -90,3 +90,46 @@ def test_cli_command_refuses_a_field_type_it_cannot_express():
 
     with pytest.raises(TypeError, match="Odd.ratios"):
         cli_command(Odd, lambda options: None)
+
+
+def test_ask_library_options_are_its_flags_and_its_flat_flow_parameters():
+    """ask-library's options model is written once: each field is a `vxl ask-library` flag (help =
+    description) and one flow parameter of its own (flat, so that a run overrides one parameter of
+    the deployment) with the field's default and description; what the flow and the CLI are given
+    reaches `run_ask_library` as that model."""
+    from flows.ask_library import ask_library
+    from flows.cli import app
+    from tasks.ask_library import AskLibraryOptions
+
+    help_text = CliRunner().invoke(app, ["ask-library", "--help"], env={"COLUMNS": "400"}).output
+    schema = ask_library.parameters.model_dump()
+    props = schema["properties"]
+    assert set(props) == set(AskLibraryOptions.model_fields) | {"ray_address"}
+    assert schema["required"] == []
+    for name, f in AskLibraryOptions.model_fields.items():
+        assert f.json_schema_extra["cli_flags"][0] in help_text, name
+        assert props[name]["description"] == f.description, name
+        assert props[name].get("default") == f.default, name
+    assert props["max_new_tokens"]["default"] == 32 and props["max_new_tokens"]["type"] == "integer"
+    # Prefect validates a run's parameters against the same types
+    assert ask_library.validate_parameters({"max_new_tokens": "7", "questions": ["q"]})["max_new_tokens"] == 7
+    app_, seen = _capture(AskLibraryOptions)
+    r = CliRunner().invoke(app_, ["go", "-a", "s3://b/a", "-q", "What?", "-q", "Why?", "--where", "duration_s > 6",
+                                  "--top-windows", "2", "--workers", "3", "--force"])
+    assert r.exit_code == 0, r.output
+    assert seen["options"] == AskLibraryOptions(archive_uri="s3://b/a", questions=["What?", "Why?"],
+                                                where="duration_s > 6", top_windows=2, workers=3, force=True)
+
+
+def test_ask_library_usage_errors_name_the_flag(tmp_path):
+    from tasks.ask import AskError
+    from tasks.ask_library import AskLibraryOptions
+
+    for kw, msg in [({"questions": ["q"], "max_new_tokens": 0}, "--max-new-tokens must be >= 1, got 0"),
+                    ({"questions": ["q"], "workers": "two"}, "--workers: Input should be a valid integer"),
+                    ({"questions": ["q"], "top_window": 1}, "unknown option 'top_window'"),
+                    ({}, "give exactly one of --question and --questions FILE"),
+                    ({"questions_file": str(tmp_path / "none.json")}, "none.json")]:
+        with pytest.raises(AskError, match=msg) as e:
+            AskLibraryOptions.checked(**kw)
+        assert e.value.kind == "usage"
