@@ -128,9 +128,8 @@ def validate(spec: dict) -> list[str]:
         elif flow == "synth_vico":
             from tasks.vico import VicoOptions, VicoUsageError
 
-            kw = {k: p[k] for k in ("annotations", "captioner", "extractor", "seed", "clip_seconds") if k in p}
-            try:
-                VicoOptions(source=p.get("source") or "", out=p.get("out") or "", **kw).validate()
+            try:  # every parameter: names, types and values (VicoOptions.checked)
+                VicoOptions.checked(**{**p, "source": p.get("source") or "", "out": p.get("out") or ""})
             except VicoUsageError as exc:
                 bad(f"parameters: {exc}")
             if p.get("source") and not _local_exists(p["source"]):

@@ -27,7 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 #: `json_schema_extra` keys this module reads (they also appear in the flow's parameter schema).
-CLI_FLAGS, CLI_SPLIT, CLI_HIDDEN = "cli_flags", "cli_split", "cli_hidden"
+CLI_FLAGS, CLI_SPLIT, CLI_HIDDEN, CLI_ARGUMENT = "cli_flags", "cli_split", "cli_hidden", "cli_argument"
 
 
 class JobOptions(BaseModel):
@@ -58,7 +58,7 @@ class JobOptions(BaseModel):
 
 
 def option(default: Any, *flags: str, help: str, split: str | None = None, hidden: bool = False,
-           default_factory=None) -> Any:
+           default_factory=None, argument: bool = False) -> Any:
     """A pydantic `Field` that is also a CLI option.
 
     Args:
@@ -68,8 +68,11 @@ def option(default: Any, *flags: str, help: str, split: str | None = None, hidde
         split: for a `list[str]` field, the CLI takes one string split on this separator
             (`--trainable llm,vision`) instead of a repeated flag.
         hidden: hidden from `--help` (test-only options).
+        argument: the CLI takes it as a positional argument (no flags), e.g. `vxl vico SOURCE`.
     """
     extra: dict[str, Any] = {CLI_FLAGS: list(flags)}
+    if argument:
+        extra[CLI_ARGUMENT] = True
     if split is not None:
         extra[CLI_SPLIT] = split
     if hidden:
@@ -84,6 +87,8 @@ def flag(model: type[BaseModel], name: str) -> str:
     is not on the CLI), for error messages that name what the user typed."""
     f = model.model_fields[name]
     extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+    if extra.get(CLI_ARGUMENT):
+        return name.upper()
     return (extra.get(CLI_FLAGS) or ["--" + name.replace("_", "-")])[0]
 
 
@@ -104,7 +109,7 @@ def validation_message(model: type[BaseModel], exc: ValidationError) -> str:
 def _cli_fields(model: type[BaseModel]):
     for name, f in model.model_fields.items():
         extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
-        if extra.get(CLI_FLAGS):
+        if extra.get(CLI_FLAGS) or extra.get(CLI_ARGUMENT):
             yield name, f, extra
 
 
@@ -137,8 +142,12 @@ def cli_parameters(model: type[BaseModel]) -> list[inspect.Parameter]:
             cli_ann, cli_default = (base[0] if default is not None or required else base[0] | None), default
         else:
             raise TypeError(f"{model.__name__}.{name}: type {ann!r} has no CLI form")
-        opt = typer.Option(... if required else cli_default, *extra[CLI_FLAGS], help=f.description or "",
-                           hidden=bool(extra.get(CLI_HIDDEN)), show_default=not required and cli_default is not None)
+        if extra.get(CLI_ARGUMENT):
+            opt = typer.Argument(... if required else cli_default, help=f.description or "", show_default=False,
+                                 metavar=name.upper())
+        else:
+            opt = typer.Option(... if required else cli_default, *extra[CLI_FLAGS], help=f.description or "",
+                               hidden=bool(extra.get(CLI_HIDDEN)), show_default=not required and cli_default is not None)
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=cli_ann))
     return params
 
@@ -202,8 +211,12 @@ def flow_function(model: type[BaseModel], body, *, extra: list[inspect.Parameter
     parameter descriptions from (the UI's form and the deployment's schema). Validate inside `body`
     with `model.checked(**options_kwargs)`: Prefect checks the types first, the model the rest.
 
+    The fields are positional-or-keyword in their declared order (`synth_vico("videos/", out=...)`),
+    so required fields must come first.
+
     Raises:
         TypeError: a field with a `default_factory` (its default would be shared by every run).
+        ValueError: a required field after one with a default.
     """
     names = {p.name for p in extra}
     params = []
@@ -211,13 +224,17 @@ def flow_function(model: type[BaseModel], body, *, extra: list[inspect.Parameter
         if f.default_factory is not None:
             raise TypeError(f"{model.__name__}.{name}: a default_factory field cannot be a flat flow parameter")
         default = inspect.Parameter.empty if f.is_required() else f.default
-        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=f.annotation))
+        params.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default,
+                                        annotation=f.annotation))
 
-    def fn(**values):
+    signature = inspect.Signature([*params, *extra])
+
+    def fn(*args, **kwargs):
+        values = signature.bind(*args, **kwargs).arguments  # Prefect passes positional fields positionally
         own = {k: values.pop(k) for k in list(values) if k in names}
-        return body(values, **own)
+        return body(dict(values), **own)
 
-    fn.__signature__ = inspect.Signature([*params, *extra])
+    fn.__signature__ = signature
     args = [(n, f.description or "") for n, f in model.model_fields.items()]
     args += [(p.name, (extra_help or {}).get(p.name, "")) for p in extra]
     fn.__doc__ = doc.rstrip() + "\n\nArgs:\n" + "".join(f"    {n}: {d}\n" for n, d in args)

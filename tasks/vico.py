@@ -25,10 +25,13 @@ import dataclasses
 import functools
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import field_validator
+
+from tasks.options import JobOptions, flag, option
 from vico_synth.captioners import CAPTIONERS, make_captioner
 from vico_synth.cinepile import JoinResult, join_cinepile, read_annotations
 from vico_synth.extractors import EXTRACTORS, make_extractor
@@ -52,57 +55,61 @@ class VicoUsageError(ValueError):
     """Bad arguments (unknown back end, bad k, missing annotations file): CLI exit status 2."""
 
 
-@dataclass
-class VicoOptions:
-    """A VICO run.
+class VicoOptions(JobOptions):
+    """The options of one VICO run: the one options model of the VICO job (issue 15), read by `vxl
+    vico` (its flags, through `tasks.options.cli_command`), the `synth-vico` flow (one parameter per
+    field, `tasks.options.flow_function`) and `plan_jobs`/`run_jobs`/`write_outputs`. Construction
+    checks types (pydantic); `validate()` raises `VicoUsageError` naming the flag for what no run can
+    satisfy (and builds, without loading, the back ends)."""
 
-    Attributes:
-        source: video folder, file, glob or manifest (list allowed).
-        out: output folder (train.json, val.json, summary.json).
-        annotations: CinePile-format .parquet/.jsonl file; only videos it names are processed.
-        captioner, extractor: registry names (`vico_synth.captioners.CAPTIONERS`, `...extractors.EXTRACTORS`).
-        captioner_options, extractor_options: keyword options of the back ends (e.g. model folder).
-        seed: seed of every random choice.
-        clip_seconds: clip length, seconds.
-        k: clues per sample, "4" or a range "3-6".
-        min_gap_s: minimum gap between chosen clues, seconds (default: clip_seconds).
-        samples_per_video: clue selections per video (each gives one sample per form).
-        forms: "open" and/or "mc".
-        num_choices: options per multiple-choice question.
-        val_fraction: share of videos in the validation split.
-        fps: decoded frames per second of video (clips get about clip_seconds * fps frames).
-        max_frames: cap on decoded frames per video (uniform over the video when reached).
-        decode_timeout_s: kill a decode after this many seconds.
-        workers: Ray workers (default: one per GPU for model back ends, else the CPUs); 0 runs in this process.
-        ray_address: Ray cluster (default `RAY_ADDRESS`, else a local Ray).
-        archive: archive URI to write `vico_samples` rows into (optional).
-    """
+    source: str | list[str] = option(..., argument=True, help="Video folder, file, glob, or .csv/.jsonl/.parquet "
+                                     "manifest ('uri' column); a list of them in a flow.")
+    out: str = option(..., "--out", "-o", help="Output folder: train.json, val.json (LLaVA-style), summary.json.")
+    annotations: str | None = option(None, "--annotations", help="CinePile rows (.parquet/.jsonl), joined by videoID "
+                                     "or the yt_clip_link id to local files; only the videos they name are processed.")
+    captioner: str = option("videoxl", "--captioner", help="videoxl | hf-vlm | annotations | ground-truth "
+                            "(docs/VICO.md).")
+    extractor: str = option("heuristic", "--extractor", help="heuristic | hf-llm | openai-compatible.")
+    captioner_options: dict[str, Any] | None = option(None, help="Captioner options (e.g. {\"model\": "
+                                                      "\"/models/qwen2-vl\"}); CLI: --captioner-opt KEY=VALUE.")
+    extractor_options: dict[str, Any] | None = option(None, help="Extractor options (e.g. {\"base_url\": "
+                                                      "\"http://127.0.0.1:8000\"}); CLI: --extractor-opt KEY=VALUE.")
+    seed: int = option(0, "--seed", help="Seed of every random choice: same inputs and seed write byte-identical "
+                       "files.")
+    clip_seconds: float = option(14.0, "--clip-seconds", help="Clip length, seconds (VICO: 14).")
+    k: str = option("4", "--k", help="Clues per sample: N or a range like 3-6.")
+    min_gap_s: float | None = option(None, "--min-gap", help="Minimum seconds between chosen clues "
+                                     "(default: --clip-seconds).")
+    samples_per_video: int = option(1, "--samples-per-video", help="Clue selections per video (each gives one "
+                                    "sample per form).")
+    forms: list[str] = option(list(FORMS), "--forms", split=",", help="Question forms: open, mc, or both "
+                              "(comma-separated).")
+    num_choices: int = option(4, "--choices", help="Options per multiple-choice question (2-6).")
+    val_fraction: float = option(0.1, "--val-fraction", help="Share of videos in the validation split (0-1).")
+    fps: float = option(1.0, "--fps", help="Decoded frames per second of video (clips get about clip_seconds * fps "
+                        "frames).")
+    max_frames: int = option(1024, "--max-frames", help="Cap on decoded frames per video (uniform over the video "
+                             "when reached).")
+    decode_timeout_s: float = option(300.0, "--decode-timeout", help="Kill a decode after this many seconds.")
+    workers: int | None = option(None, "--workers", help="Ray workers (default: one per CPU, or one per GPU for "
+                                 "model back ends); 0 runs in this process.")
+    ray_address: str | None = option(None, "--ray-address", help="Ray cluster (default $RAY_ADDRESS, else a "
+                                     "private local Ray).")
+    archive: str | None = option(None, "--archive", "-a", help="Also write the samples to this archive's "
+                                 "vico_samples table.")
 
-    source: str | list[str]
-    out: str
-    annotations: str | None = None
-    captioner: str = "videoxl"
-    extractor: str = "heuristic"
-    captioner_options: dict[str, Any] = field(default_factory=dict)
-    extractor_options: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    clip_seconds: float = 14.0
-    k: str = "4"
-    min_gap_s: float | None = None
-    samples_per_video: int = 1
-    forms: tuple[str, ...] = FORMS
-    num_choices: int = 4
-    val_fraction: float = 0.1
-    fps: float = 1.0
-    max_frames: int = 1024
-    decode_timeout_s: float = 300.0
-    workers: int | None = None
-    ray_address: str | None = None
-    archive: str | None = None
+    @field_validator("k", mode="before")
+    @classmethod
+    def _k_as_text(cls, v):
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v  # `k: 4` in a deployment
+
+    @classmethod
+    def usage_error(cls, message: str) -> VicoUsageError:
+        return VicoUsageError(message)
 
     @property
     def sources(self) -> list[str]:
-        return [self.source] if isinstance(self.source, str | os.PathLike) else [str(s) for s in self.source]
+        return [self.source] if isinstance(self.source, str) else [str(s) for s in self.source]
 
     def settings(self) -> SynthSettings:
         lo, hi = parse_k(self.k)
@@ -112,7 +119,7 @@ class VicoOptions:
             forms=tuple(self.forms), num_choices=self.num_choices, val_fraction=self.val_fraction, seed=self.seed))
 
     def validate(self) -> None:
-        """Raises VicoUsageError naming the bad argument. Builds (but does not load) the back ends."""
+        """Raises VicoUsageError naming the bad flag. Builds (but does not load) the back ends."""
         if self.captioner not in CAPTIONERS:
             raise VicoUsageError(f"--captioner must be one of {sorted(CAPTIONERS)}, got {self.captioner!r}")
         if self.extractor not in EXTRACTORS:
@@ -125,31 +132,31 @@ class VicoOptions:
             raise VicoUsageError(f"--workers must be >= 0, got {self.workers}")
         for name in ("fps", "decode_timeout_s", "clip_seconds"):
             v = getattr(self, name)
-            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
-                raise VicoUsageError(f"{name} must be a finite number > 0, got {v!r}")
+            if not (math.isfinite(v) and v > 0):
+                raise VicoUsageError(f"{flag(VicoOptions, name)} must be a finite number > 0, got {v!r}")
         for name in ("min_gap_s", "val_fraction"):
             v = getattr(self, name)
-            if v is not None and not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
-                raise VicoUsageError(f"{name} must be a finite number >= 0, got {v!r}")
-        if self.max_frames < 1:
-            raise VicoUsageError(f"max_frames must be >= 1, got {self.max_frames!r}")
+            if v is not None and not (math.isfinite(v) and v >= 0):
+                raise VicoUsageError(f"{flag(VicoOptions, name)} must be a finite number >= 0, got {v!r}")
+        if self.val_fraction > 1:
+            raise VicoUsageError(f"--val-fraction must be at most 1, got {self.val_fraction!r}")
+        for name in ("max_frames", "samples_per_video"):
+            if getattr(self, name) < 1:
+                raise VicoUsageError(f"{flag(VicoOptions, name)} must be >= 1, got {getattr(self, name)!r}")
         try:
             self.settings()
-            make_captioner(self.captioner, self.captioner_options)
-            make_extractor(self.extractor, self.extractor_options)
+            make_captioner(self.captioner, self.captioner_options or {})
+            make_extractor(self.extractor, self.extractor_options or {})
         except (ValueError, FileNotFoundError) as exc:
             raise VicoUsageError(str(exc)) from None
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["forms"] = list(d["forms"])
-        return d
+        """JSON-able fields (what Prefect tasks and Ray actors are given)."""
+        return self.model_dump()
 
     @classmethod
     def from_dict(cls, d: dict) -> VicoOptions:
-        d = dict(d)
-        d["forms"] = tuple(d.get("forms", FORMS))
-        return cls(**d)
+        return cls.model_validate(d)
 
 
 @dataclass(frozen=True)
@@ -228,8 +235,8 @@ def process_video(job: VideoJob, captioner, extractor, options: VicoOptions) -> 
 
 
 def _backends(options: VicoOptions):
-    return (make_captioner(options.captioner, options.captioner_options),
-            make_extractor(options.extractor, options.extractor_options))
+    return (make_captioner(options.captioner, options.captioner_options or {}),
+            make_extractor(options.extractor, options.extractor_options or {}))
 
 
 def run_local(jobs: list[VideoJob], options: VicoOptions) -> list[VideoResult]:

@@ -92,26 +92,47 @@ def test_cli_command_refuses_a_field_type_it_cannot_express():
         cli_command(Odd, lambda options: None)
 
 
-def test_ask_library_options_are_its_flags_and_its_flat_flow_parameters():
-    """ask-library's options model is written once: each field is a `vxl ask-library` flag (help =
-    description) and one flow parameter of its own (flat, so that a run overrides one parameter of
-    the deployment) with the field's default and description; what the flow and the CLI are given
-    reaches `run_ask_library` as that model."""
+def _flat_jobs():
     from flows.ask_library import ask_library
-    from flows.cli import app
+    from flows.synth_vico import synth_vico
     from tasks.ask_library import AskLibraryOptions
+    from tasks.vico import VicoOptions
 
-    help_text = CliRunner().invoke(app, ["ask-library", "--help"], env={"COLUMNS": "400"}).output
-    schema = ask_library.parameters.model_dump()
+    return [("ask-library", AskLibraryOptions, ask_library, {"ray_address"}),
+            ("vico", VicoOptions, synth_vico, set())]
+
+
+@pytest.mark.parametrize("job", [0, 1], ids=["ask-library", "vico"])
+def test_flat_jobs_options_are_their_flags_and_their_flow_parameters(job):
+    """ask-library's and VICO's options models are written once: each field is a CLI flag (help =
+    description) or argument, and one flow parameter of its own (flat, so that a run overrides one
+    parameter of the deployment) with the field's default and description."""
+    from flows.cli import app
+
+    command, model, fl, extra = _flat_jobs()[job]
+    help_text = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "400"}).output
+    schema = fl.parameters.model_dump()
     props = schema["properties"]
-    assert set(props) == set(AskLibraryOptions.model_fields) | {"ray_address"}
-    assert schema["required"] == []
-    for name, f in AskLibraryOptions.model_fields.items():
-        assert f.json_schema_extra["cli_flags"][0] in help_text, name
+    assert set(props) == set(model.model_fields) | extra
+    assert schema["required"] == [n for n, f in model.model_fields.items() if f.is_required()]
+    for name, f in model.model_fields.items():
+        flags = f.json_schema_extra["cli_flags"]
+        if flags:
+            assert flags[0] in help_text, name
+        elif f.json_schema_extra.get("cli_argument"):
+            assert name.upper() in help_text, name
         assert props[name]["description"] == f.description, name
-        assert props[name].get("default") == f.default, name
-    assert props["max_new_tokens"]["default"] == 32 and props["max_new_tokens"]["type"] == "integer"
-    # Prefect validates a run's parameters against the same types
+        if not f.is_required():
+            assert props[name].get("default") == f.default, name
+
+
+def test_cli_and_flow_give_ask_library_and_vico_the_same_options(tmp_path):
+    """What the CLI parses reaches the job as the model (renamed flags, repeated and comma lists, a
+    positional argument); Prefect validates a run's parameters against the same types."""
+    from flows.ask_library import ask_library
+    from tasks.ask_library import AskLibraryOptions
+    from tasks.vico import VicoOptions
+
     assert ask_library.validate_parameters({"max_new_tokens": "7", "questions": ["q"]})["max_new_tokens"] == 7
     app_, seen = _capture(AskLibraryOptions)
     r = CliRunner().invoke(app_, ["go", "-a", "s3://b/a", "-q", "What?", "-q", "Why?", "--where", "duration_s > 6",
@@ -119,6 +140,25 @@ def test_ask_library_options_are_its_flags_and_its_flat_flow_parameters():
     assert r.exit_code == 0, r.output
     assert seen["options"] == AskLibraryOptions(archive_uri="s3://b/a", questions=["What?", "Why?"],
                                                 where="duration_s > 6", top_windows=2, workers=3, force=True)
+    app_, seen = _capture(VicoOptions)
+    r = CliRunner().invoke(app_, ["go", "videos/", "more.mp4", "-o", "out", "--forms", "mc", "--min-gap", "2.5",
+                                  "--choices", "3", "--decode-timeout", "60", "--k", "3-5"])
+    assert r.exit_code == 0, r.output
+    assert seen["options"] == VicoOptions(source=["videos/", "more.mp4"], out="out", forms=["mc"], min_gap_s=2.5, num_choices=3,
+                                          decode_timeout_s=60.0, k="3-5")
+    assert VicoOptions(source="v", out="o", k=4).k == "4"  # `k: 4` in a deployment's YAML
+
+
+def test_vico_usage_errors_name_the_flag():
+    from tasks.vico import VicoOptions, VicoUsageError
+
+    for kw, msg in [({"fps": math.inf}, "--fps must be a finite number > 0, got inf"),
+                    ({"val_fraction": 1.5}, "--val-fraction must be at most 1"),
+                    ({"samples_per_video": 0}, "--samples-per-video must be >= 1, got 0"),
+                    ({"seed": "one"}, "--seed: Input should be a valid integer"),
+                    ({"clip_second": 3}, "unknown option 'clip_second'")]:
+        with pytest.raises(VicoUsageError, match=msg):
+            VicoOptions.checked(source="v", out="o", captioner="ground-truth", **kw)
 
 
 def test_ask_library_usage_errors_name_the_flag(tmp_path):
