@@ -18,7 +18,8 @@ Failure semantics, by Ray's documented exception types (never by message text):
   `raised` (a `model.environment.UpstreamDriftError` cause is re-raised: the model's invariants
   failed, and nothing should be stored by any item).
 - from `ready()`: `ActorDiedError.actor_init_failed` or `RayTaskError` is final (the slot is dead);
-  anything else is waited for, up to `4 * (max_restarts + 1)` tries.
+  anything else (`ActorUnavailableError` while the process restarts) is asked again every 0.5 s, up
+  to `ready_timeout_s` after the slot started loading.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ class Slot:
     in_flight: int = 0
     pid: int | None = None
     ready_failures: int = 0
+    loading_since: float = field(default_factory=time.monotonic)
+    """when the slot started (re)loading (`time.monotonic()` seconds)."""
+    last_error: str | None = None
     info: dict | None = None
     """the actor's last `ready()` answer."""
 
@@ -67,13 +71,16 @@ class ActorPool:
         resources: Ray actor options, e.g. `{"num_cpus": 1}` or `{"num_gpus": 1}`.
         max_restarts: Ray restarts of a dead actor's process (each reloads the model).
         name: what the actors are called in errors ("encode worker").
+        ready_timeout_s: how long a (re)starting actor may take to answer `ready()` before its
+            slot is dead (a model load on a busy node takes minutes; a restart under CI load took
+            over 10 s of "unavailable" answers).
 
     `on_ready(info, slot)`, when set, is called with each actor's `ready()` answer when it starts
     and after every restart (the numerics check); what it raises stops the run.
     """
 
     def __init__(self, actor_cls, args: tuple = (), kwargs: dict | None = None, *, n: int, resources: dict,
-                 max_restarts: int = 4, name: str = "worker"):
+                 max_restarts: int = 4, name: str = "worker", ready_timeout_s: float = 900.0):
         import ray
 
         if n < 1:
@@ -87,7 +94,7 @@ class ActorPool:
             self.slots.append(Slot(handle=h, ready_ref=h.ready.remote()))
         self.info: dict | None = None
         """the first actor's `ready()` answer (fingerprint, name, pid, ...)."""
-        self.max_ready_failures = 4 * (max_restarts + 1)
+        self.ready_timeout_s = ready_timeout_s
         self.restarts = 0
         """actor deaths seen while an item ran (each is a process restart by Ray)."""
         self.on_ready: Callable[[dict, Slot], None] | None = None
@@ -139,14 +146,17 @@ class ActorPool:
             if drift is not None:
                 raise drift from None
             slot.ready_failures += 1
-            # a restarting actor answers "unavailable" (ActorUnavailableError) for a while; an error in
-            # `ready()` or in the actor's `__init__` (ActorDiedError.actor_init_failed) is final
+            slot.last_error = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[-1][:500]}"
+            # a restarting actor answers "unavailable" (ActorUnavailableError) at once, again and again,
+            # until its process has started and loaded the model (seconds to minutes): wait for it up
+            # to `ready_timeout_s`; an error in `ready()` or in the actor's `__init__`
+            # (ActorDiedError.actor_init_failed) is final
             final = isinstance(exc, ray.exceptions.RayTaskError) or (
                 isinstance(exc, ray.exceptions.ActorDiedError) and exc.actor_init_failed)
-            if final or slot.ready_failures >= self.max_ready_failures:
+            if final or time.monotonic() - slot.loading_since > self.ready_timeout_s:
                 slot.state, slot.ready_ref = "dead", None
                 if errors is not None:
-                    errors.append(str(exc).strip().splitlines()[-1][:500])
+                    errors.append(slot.last_error)
             else:
                 time.sleep(0.5)
                 slot.ready_ref = slot.handle.ready.remote()
@@ -163,7 +173,7 @@ class ActorPool:
         if slot.state != "ready":
             return False
         self.restarts += 1
-        slot.state, slot.ready_ref = "loading", slot.handle.ready.remote()
+        slot.state, slot.ready_ref, slot.loading_since = "loading", slot.handle.ready.remote(), time.monotonic()
         return True
 
     def shutdown(self) -> None:
@@ -253,7 +263,9 @@ class FanOut:
             self.running[self.call(slot.handle, item.payload)] = (item, slot)
             slot.in_flight += 1
         if self.busy and not self.pool.alive():
-            raise PoolError(f"every {self.pool.name} died; see `ray logs` (out of memory? a GPU fault?)")
+            last = next((s.last_error for s in reversed(self.pool.slots) if s.last_error), None)
+            raise PoolError(f"every {self.pool.name} died (last error: {last or 'none recorded'}); see `ray logs` "
+                            "(out of memory? a GPU fault?)")
 
     def waitables(self) -> list:
         """Object refs to `ray.wait` on: items running and actors (re)loading."""

@@ -478,8 +478,10 @@ def render_frames(plan: dict, only=None):
         yield frame
 
 
-ENCODER_THREADS = 2
-"""Encoder threads for `write_video`, fixed so that a seed gives the same bytes on any machine."""
+ENCODER_THREADS = 1
+"""Encoder threads for `write_video`: one, so that a seed gives the same bytes on any machine and
+under any load (6 sample videos: 1.3 s against 1.6 s with 2 threads on the 2-core VM, which the
+process start dominates; sample videos are small)."""
 
 
 def write_video(path: Path, frames, fps: float, width: int, height: int, *, crf: int = 20,
@@ -505,8 +507,9 @@ def write_video(path: Path, frames, fps: float, width: int, height: int, *, crf:
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuv420p"
         stream.codec_context.gop_size = max(1, int(round(2 * fr)))
-        # A fixed encoder thread count: with the default (0 = one per core) the bytes depend on the
-        # machine's core count, so the same seed would give other files on another machine.
+        # One encoder thread: with the default (0 = one per core) the bytes depend on the machine's
+        # core count, and with 2 threads they differed between two encodes of one seed in a loaded CI
+        # run (libx264 frame threads); one thread gives the same bytes for a seed everywhere.
         stream.codec_context.thread_count = ENCODER_THREADS
         if codec == "h264":
             stream.options = {"crf": str(crf), "preset": "veryfast"}

@@ -31,7 +31,7 @@ class _Handle:
 
 def _pool() -> ActorPool:
     pool = ActorPool.__new__(ActorPool)
-    pool.slots, pool.info, pool.on_ready, pool.max_ready_failures, pool.name = [], None, None, 3, "worker"
+    pool.slots, pool.info, pool.on_ready, pool.ready_timeout_s, pool.name = [], None, None, 60.0, "worker"
     return pool
 
 
@@ -53,6 +53,22 @@ def _task_error(cause: BaseException) -> rex.RayTaskError:
 def test_unavailable_actor_is_waited_for(monkeypatch):
     slot = _resolve(monkeypatch, rex.ActorUnavailableError("restarting: the creation task is running", None))
     assert slot.state == "loading" and slot.ready_failures == 1 and slot.ready_ref == "ref"
+
+
+def test_a_restarting_actor_is_waited_for_by_time_not_by_count(monkeypatch):
+    """Under load a restarting actor answers ActorUnavailableError at once, dozens of times (CI saw
+    more than 20 in a row): it stays loading however often it answers so, until `ready_timeout_s`
+    after it started loading, and then the slot is dead with that error."""
+    monkeypatch.setattr(ray, "get", lambda ref: (_ for _ in ()).throw(rex.ActorUnavailableError("restarting", None)))
+    monkeypatch.setattr("tasks.fanout.time.sleep", lambda s: None)
+    pool, slot = _pool(), Slot(handle=_Handle(), ready_ref="ref")
+    for _ in range(100):
+        pool.resolve_ready(slot, "ref", [])
+    assert slot.state == "loading" and slot.ready_failures == 100
+    slot.loading_since -= pool.ready_timeout_s + 1
+    errors = []
+    pool.resolve_ready(slot, "ref", errors)
+    assert slot.state == "dead" and errors == [slot.last_error] and slot.last_error.startswith("ActorUnavailableError")
 
 
 def test_actor_whose_init_failed_is_dead(monkeypatch):
