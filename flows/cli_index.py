@@ -79,44 +79,7 @@ class LiveProgress:
         self.progress.update(self.task, total=p.total or None, completed=p.done, stats=stats)
 
 
-def index(
-    sources: list[str] = typer.Argument(..., help="Folders (recursive), globs, video files, or .csv/.jsonl/.parquet "
-                                             "manifests with a 'uri' column."),
-    archive: str = typer.Option(None, "--archive", "-a", help="Archive URI (folder or s3://...). "
-                                                            "Default: $VXL_ARCHIVE."),
-    model: str = typer.Option("tiny", "--model", help="'tiny', 'toy' (trained, shipped) or a local Video-XL checkpoint folder."),
-    fps: float = typer.Option(1.0, "--fps", help="Sampled frames per second of video."),
-    max_frames: int = typer.Option(128, "--max-frames", help="At most this many frames per video: longer videos are sampled uniformly (reported per video; 128 at 1 fps covers 2 min 8 s)."),
-    frames: int = typer.Option(None, "--frames", help="Exactly N frames, uniform over the whole video (overrides --fps)."),
-    chunking: str = typer.Option("dynamic", "--chunking", help="'dynamic' (CLIP-driven windows and ratios) or "
-                                                              "'fixed' (Video-XL's demo: one --ratio)."),
-    ratio: int = typer.Option(8, "--ratio", help="fixed chunking: visual tokens per VST."),
-    target_ratio: int = typer.Option(8, "--target-ratio", help="dynamic chunking: average ratio (VST budget)."),
-    clip_model: str = typer.Option(None, "--clip-model", help="dynamic: open_clip model (default 'vxl-tiny-clip' "
-                                                             "with --model tiny, else 'ViT-B-32')."),
-    clip_weights: str = typer.Option(None, "--clip-weights", help="dynamic: local CLIP state-dict file "
-                                                                 "(default: random weights)."),
-    workers: int = typer.Option(None, "--workers", help="Encode workers (default: one per GPU; without GPUs "
-                                                       "half the CPUs)."),
-    ray_address: str = typer.Option(None, "--ray-address", help="Ray cluster address (default: $RAY_ADDRESS, "
-                                                               "else start a local Ray)."),
-    force: bool = typer.Option(False, "--force", help="Re-index videos already in the archive for this model."),
-    retry_failed: bool = typer.Option(False, "--retry-failed", help="Retry videos whose indexing failed before."),
-    decode_timeout: float = typer.Option(120.0, "--decode-timeout", help="Kill a video's decode after S seconds."),
-    decoder: str = typer.Option("auto", "--decoder", help="Video decoder: 'auto' (torchcodec where installed, else "
-                                "pyav), 'pyav', 'decord' or 'torchcodec'; each falls back to pyav where it is not "
-                                "frame-exact."),
-    accept_numerics_change: bool = typer.Option(
-        False, "--accept-numerics-change", help="Accept (and record in the archive) a numerics change: this "
-        "environment's probe differs from the one the archive's memories were computed with."),
-    kv_codec: str = typer.Option("raw", "--kv-codec", help="How the memories are stored: 'raw' (bit-exact), "
-                                 "'int8' (about 0.52x the bytes) or 'int4' (about 0.27x), or their '-zstd' "
-                                 "variants (docs/ARCHIVE_FORMAT.md). Not a setting change: videos already "
-                                 "indexed are skipped; `vxl archive recode` converts them."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
-    no_flow: bool = typer.Option(False, "--no-flow", hidden=True,
-                                 help="Run the pipeline without Prefect's engine (debugging, tests)."),
-) -> None:
+def index(options: dict, *, as_json: bool = False, no_flow: bool = False) -> None:
     """Index videos into the archive: decode, plan, encode on Ray workers, write each video as it finishes.
 
     Videos already indexed for this model are skipped (--force re-indexes); videos that failed
@@ -124,47 +87,40 @@ def index(
     videos failed, 1 infrastructure error (or upstream drift: nothing stored), 2 usage error, 4 this
     environment's numerics differ from the archive's (nothing stored; --accept-numerics-change).
     """
-    archive = archive or os.environ.get("VXL_ARCHIVE")
-    if not archive:
-        raise fail("--archive is required (or set VXL_ARCHIVE), e.g. --archive ./archive", "usage", EXIT_USAGE,
-                   as_json)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from model.environment import UpstreamDriftError
     from tasks.index import (
         IndexInfraError,
+        IndexJobOptions,
         IndexReport,
         UsageError,
         _discover,
-        make_options,
-        run_index,
+        index_job,
         set_progress_sink,
     )
     from tasks.numerics import NumericsChanged
     from tasks.ray_runtime import RayUnavailable
 
-    kw = dict(chunking=chunking, ratio=ratio, target_ratio=target_ratio, clip_model=clip_model,
-              clip_weights=clip_weights, fps=fps, max_frames=max_frames, frames=frames, workers=workers,
-              ray_address=ray_address, force=force, retry_failed=retry_failed, decode_timeout_s=decode_timeout,
-              decoder=decoder, accept_numerics_change=accept_numerics_change, kv_codec=kv_codec)
     try:
-        make_options(model, **kw).validate()
-        _discover(sources)  # fail fast on missing sources, before Ray and Prefect start
-        _check_archive_path(archive)
+        opts = IndexJobOptions.checked(**options)
+        _discover(opts.sources)  # fail fast on missing sources, before Ray and Prefect start
+        _check_archive_path(opts.archive_uri)
     except UsageError as exc:
         raise fail(str(exc), "usage", EXIT_USAGE, as_json) from None
+    archive, max_frames, fps, kv_codec = opts.archive_uri, opts.max_frames, opts.fps, opts.kv_codec
 
     live = LiveProgress(enabled=sys.stderr.isatty() or not as_json)
     set_progress_sink(live)
     try:
         with live:
             if no_flow:
-                report = run_index(sources, archive, make_options(model, **kw))
+                report = index_job(opts)
             else:
                 from flows.index_corpus import index_corpus
                 from flows.outcome import run_flow
 
-                report = IndexReport(**run_flow(index_corpus, sources=list(sources), archive=archive, model=model, **kw))
+                report = IndexReport(**run_flow(index_corpus, **{**opts.model_dump(), "archive": archive}))
     except UsageError as exc:
         raise fail(str(exc), "usage", EXIT_USAGE, as_json) from None
     except (IndexInfraError, RayUnavailable, UpstreamDriftError) as exc:
@@ -201,5 +157,13 @@ def index(
 
 
 def register(app: typer.Typer) -> None:
-    """Add `index` to the `vxl` app."""
-    app.command("index")(index)
+    """Add `index` to the `vxl` app (flags: `tasks.index.IndexJobOptions` plus --json)."""
+    from tasks.index import IndexJobOptions
+    from tasks.options import cli_command
+    from tasks.options import cli_flag as p
+
+    app.command("index")(cli_command(IndexJobOptions, index, extra=[
+        p("as_json", bool, False, "--json", help="Print the report as JSON on stdout."),
+        p("no_flow", bool, False, "--no-flow", hidden=True, help="Run the pipeline without Prefect's engine "
+          "(debugging, tests)."),
+    ]))

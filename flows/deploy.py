@@ -110,12 +110,10 @@ def validate(spec: dict) -> list[str]:
         if flow != "index_corpus" and model is not None and model != "toy-init" and not is_model_name(model):
             bad(f"parameter model {model!r} is neither one of {list(BUILTIN_MODELS)} nor a Video-XL checkpoint folder")
         if flow == "index_corpus":
-            from tasks.index import UsageError, make_options
+            from tasks.index import IndexJobOptions, UsageError
 
-            kw = {k: p[k] for k in ("fps", "max_frames", "frames", "chunking", "ratio", "target_ratio", "clip_model",
-                                    "clip_weights", "workers", "decode_timeout_s", "kv_codec") if k in p}
-            try:
-                make_options(model or "tiny", **kw).validate()
+            try:  # every parameter: names, types and values (IndexJobOptions.checked)
+                IndexJobOptions.checked(**{**p, "sources": p.get("sources") or ["-"], "model": model or "tiny"})
             except UsageError as exc:
                 bad(f"parameters: {exc}")
             for src in p.get("sources") or []:

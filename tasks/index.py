@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tasks.options import JobOptions, option
 from tasks.workers import PlanSpec
 
 TINY_CLIP = "vxl-tiny-clip"
@@ -150,6 +151,86 @@ def make_options(model: str = "tiny", *, chunking: str = "dynamic", ratio: int =
     spec = PlanSpec(chunking=chunking, ratio=ratio, target_ratio=target_ratio, clip_model=clip_model,
                     clip_weights=clip_weights)
     return IndexOptions(model=model, plan=spec, **kw)
+
+
+class IndexJobOptions(JobOptions):
+    """The options of one index job: the one options model of `vxl index`, the `index-corpus` flow
+    (one parameter per field, `tasks.options.flow_function`) and `index_job` (issue 15). It is the
+    user's view; `engine()` turns it into the pipeline's `IndexOptions` (with its `PlanSpec`).
+    Construction checks types (pydantic); `validate()` raises `UsageError` naming the flag."""
+
+    sources: list[str] = option(..., argument=True, help="Folders (recursive), globs, video files, or "
+                                ".csv/.jsonl/.parquet manifests with a 'uri' column.")
+    archive: str | None = option(None, "--archive", "-a", help="Archive URI (folder or s3://...). "
+                                 "Default: $VXL_ARCHIVE.")
+    model: str = option("tiny", "--model", help="'tiny', 'toy' (trained, shipped) or a local Video-XL checkpoint "
+                        "folder (present on every Ray worker).")
+    fps: float = option(1.0, "--fps", help="Sampled frames per second of video.")
+    max_frames: int = option(128, "--max-frames", help="At most this many frames per video: longer videos are "
+                             "sampled uniformly (reported per video; 128 at 1 fps covers 2 min 8 s).")
+    frames: int | None = option(None, "--frames", help="Exactly N frames, uniform over the whole video "
+                                "(overrides --fps).")
+    chunking: str = option("dynamic", "--chunking", help="'dynamic' (CLIP-driven windows and ratios) or 'fixed' "
+                           "(Video-XL's demo: one --ratio).")
+    ratio: int = option(8, "--ratio", help="fixed chunking: visual tokens per VST.")
+    target_ratio: int = option(8, "--target-ratio", help="dynamic chunking: average ratio (VST budget).")
+    clip_model: str | None = option(None, "--clip-model", help="dynamic: open_clip model (default 'vxl-tiny-clip' "
+                                    "with the built-in models, else 'ViT-B-32').")
+    clip_weights: str | None = option(None, "--clip-weights", help="dynamic: local CLIP state-dict file "
+                                      "(default: random weights).")
+    workers: int | None = option(None, "--workers", help="Encode workers (default: one per GPU; without GPUs half "
+                                 "the CPUs).")
+    ray_address: str | None = option(None, "--ray-address", help="Ray cluster address (default: $RAY_ADDRESS, "
+                                     "else a private local Ray).")
+    force: bool = option(False, "--force", help="Re-index videos already in the archive for this model.")
+    retry_failed: bool = option(False, "--retry-failed", help="Retry videos whose indexing failed before.")
+    decode_timeout_s: float = option(120.0, "--decode-timeout", help="Kill a video's decode after S seconds.")
+    decoder: str = option("auto", "--decoder", help="Video decoder: 'auto' (torchcodec where installed, else "
+                          "pyav), 'pyav', 'decord' or 'torchcodec'; each falls back to pyav where it is not "
+                          "frame-exact.")
+    accept_numerics_change: bool = option(
+        False, "--accept-numerics-change", help="Accept (and record in the archive) a numerics change: this "
+        "environment's probe differs from the one the archive's memories were computed with.")
+    kv_codec: str = option("raw", "--kv-codec", help="How the memories are stored: 'raw' (bit-exact), 'int8' "
+                           "(about 0.52x the bytes) or 'int4' (about 0.27x), or their '-zstd' variants "
+                           "(docs/ARCHIVE_FORMAT.md). Not a setting change: videos already indexed are skipped; "
+                           "`vxl archive recode` converts them.")
+
+    @classmethod
+    def usage_error(cls, message: str) -> UsageError:
+        return UsageError(message)
+
+    @property
+    def archive_uri(self) -> str:
+        """`archive`, else `$VXL_ARCHIVE`.
+
+        Raises:
+            UsageError: neither is set.
+        """
+        uri = self.archive or os.environ.get("VXL_ARCHIVE")
+        if not uri:
+            raise UsageError("--archive is required (or set VXL_ARCHIVE), e.g. --archive ./archive")
+        return uri
+
+    def engine(self) -> IndexOptions:
+        """The pipeline's `IndexOptions` for these options (`make_options`: the CLIP model's default)."""
+        kw = self.model_dump(exclude={"sources", "archive", "model"})
+        return make_options(self.model, **kw)
+
+    def validate(self) -> None:
+        """Raise UsageError for bad settings (`IndexOptions.validate`), no sources, or no archive."""
+        if not self.sources:
+            raise UsageError("give at least one source (a folder, glob, video file or manifest)")
+        self.archive_uri  # noqa: B018 - raises when neither --archive nor $VXL_ARCHIVE is set
+        self.engine().validate()
+
+
+def index_job(options: IndexJobOptions, *, progress: ProgressFn | None = None, ignored: list[dict] | None = None,
+              reuse_workers: bool = False) -> IndexReport:
+    """`run_index(options.sources, options.archive_uri, options.engine(), ...)`: the job as the CLI
+    and the flow describe it. Raises what `run_index` raises."""
+    return run_index(options.sources, options.archive_uri, options.engine(), progress=progress, ignored=ignored,
+                     reuse_workers=reuse_workers)
 
 
 def default_cpu_workers(num_cpus: int) -> int:

@@ -22,8 +22,10 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # annotations only: `vxl --help` builds `vxl index` from tasks.index, which imports PlanSpec
+    import numpy as np
 
 CHUNKING_MODES = ("dynamic", "fixed")
 DEFAULT_CLIP = "ViT-B-32"

@@ -94,17 +94,20 @@ def test_cli_command_refuses_a_field_type_it_cannot_express():
 
 def _flat_jobs():
     from flows.ask_library import ask_library
+    from flows.index_corpus import index_corpus
     from flows.synth_vico import synth_vico
     from tasks.ask_library import AskLibraryOptions
+    from tasks.index import IndexJobOptions
     from tasks.vico import VicoOptions
 
     return [("ask-library", AskLibraryOptions, ask_library, {"ray_address"}),
-            ("vico", VicoOptions, synth_vico, set())]
+            ("vico", VicoOptions, synth_vico, set()),
+            ("index", IndexJobOptions, index_corpus, set())]
 
 
-@pytest.mark.parametrize("job", [0, 1], ids=["ask-library", "vico"])
+@pytest.mark.parametrize("job", [0, 1, 2], ids=["ask-library", "vico", "index"])
 def test_flat_jobs_options_are_their_flags_and_their_flow_parameters(job):
-    """ask-library's and VICO's options models are written once: each field is a CLI flag (help =
+    """index's, ask-library's and VICO's options models are written once: each field is a CLI flag (help =
     description) or argument, and one flow parameter of its own (flat, so that a run overrides one
     parameter of the deployment) with the field's default and description."""
     from flows.cli import app
@@ -147,6 +150,33 @@ def test_cli_and_flow_give_ask_library_and_vico_the_same_options(tmp_path):
     assert seen["options"] == VicoOptions(source=["videos/", "more.mp4"], out="out", forms=["mc"], min_gap_s=2.5, num_choices=3,
                                           decode_timeout_s=60.0, k="3-5")
     assert VicoOptions(source="v", out="o", k=4).k == "4"  # `k: 4` in a deployment's YAML
+    from tasks.index import IndexJobOptions, make_options
+
+    app_, seen = _capture(IndexJobOptions)
+    r = CliRunner().invoke(app_, ["go", "a/", "b.mp4", "-a", "arch", "--model", "toy", "--frames", "16",
+                                  "--chunking", "fixed", "--ratio", "4", "--decode-timeout", "30", "--kv-codec", "int8"])
+    assert r.exit_code == 0, r.output
+    got = seen["options"]
+    assert got == IndexJobOptions(sources=["a/", "b.mp4"], archive="arch", model="toy", frames=16, chunking="fixed",
+                                  ratio=4, decode_timeout_s=30.0, kv_codec="int8")
+    # the pipeline's options: what `make_options` (the library's own defaults) gives for the same values
+    assert got.engine() == make_options("toy", frames=16, chunking="fixed", ratio=4, decode_timeout_s=30.0,
+                                        kv_codec="int8")
+
+
+def test_index_usage_errors_name_the_flag(monkeypatch):
+    from tasks.index import IndexJobOptions, UsageError
+
+    monkeypatch.delenv("VXL_ARCHIVE", raising=False)
+    for kw, msg in [({"archive": "a", "fps": math.inf}, "fps .*--fps.* must be a finite number > 0"),
+                    ({"archive": "a", "chunking": "weird"}, "--chunking must be one of"),
+                    ({"archive": "a", "max_frames": "many"}, "--max-frames: Input should be a valid integer"),
+                    ({"archive": "a", "max_frame": 3}, "unknown option 'max_frame'"),
+                    ({}, "--archive is required \\(or set VXL_ARCHIVE\\)")]:
+        with pytest.raises(UsageError, match=msg):
+            IndexJobOptions.checked(sources=["videos/"], **kw)
+    monkeypatch.setenv("VXL_ARCHIVE", "/data/archive")
+    assert IndexJobOptions.checked(sources=["videos/"]).archive_uri == "/data/archive"
 
 
 def test_vico_usage_errors_name_the_flag():
