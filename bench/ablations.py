@@ -10,6 +10,8 @@ the paired difference to the first setting with McNemar's exact p-value.
     python bench/ablations.py top-windows --videos 24    # question-aware partial reload, K = 1/2/4/8/all
     python bench/ablations.py codec --videos 24          # raw vs int8 vs int4 memories (issue 14)
     python bench/ablations.py chunking --videos 24       # dynamic vs fixed chunking at test time
+    python bench/ablations.py models --models curriculum=runs/c/final direct=runs/d/final --ratio 16
+                                                         # models trained differently, tested at 16x
 
 `--model` defaults to the shipped `toy`; `--out` keeps the videos and archives (reruns skip work).
 Ablations that need models trained differently (pooling baseline, direct 16x training, dynamic vs
@@ -42,8 +44,9 @@ def make_set(out: Path, n: int) -> tuple[list[Path], Path]:
     return vids, qfile
 
 
-def settings_for(exp: str, models: dict[str, str], model: str) -> list[tuple[str, dict]]:
-    """(label, run_eval keyword arguments) per setting of experiment `exp`."""
+def settings_for(exp: str, models: dict[str, str], model: str, ratio: int | None = None) -> list[tuple[str, dict]]:
+    """(label, run_eval keyword arguments) per setting of experiment `exp`; `ratio`: the `models`
+    experiment indexes with fixed chunking at this ratio (default: dynamic chunking)."""
     if exp == "ratio":
         return [(f"ratio {r}", {"index_options": {"chunking": "fixed", "ratio": r}}) for r in (2, 4, 8, 16, 32)]
     if exp == "top-windows":
@@ -53,7 +56,9 @@ def settings_for(exp: str, models: dict[str, str], model: str) -> list[tuple[str
     if exp == "chunking":
         return [("dynamic", {}), ("fixed 8", {"index_options": {"chunking": "fixed", "ratio": 8}})]
     if exp == "models":
-        return [(name, {"model": folder}) for name, folder in models.items()]
+        fixed = {"index_options": {"chunking": "fixed", "ratio": ratio}} if ratio else {}
+        return [(name if not ratio else f"{name} @{ratio}x", {"model": folder, **fixed})
+                for name, folder in models.items()]
     raise SystemExit(f"unknown experiment {exp!r}")
 
 
@@ -63,6 +68,8 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=24)
     ap.add_argument("--model", default="toy")
     ap.add_argument("--models", nargs="*", default=[], help="NAME=FOLDER for the `models` experiment")
+    ap.add_argument("--ratio", type=int, default=None, help="`models`: index with fixed chunking at this ratio "
+                    "(e.g. 16, as the paper tests curriculum against direct 16x training)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/vxl-ablations"))
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
@@ -74,7 +81,7 @@ def main() -> None:
     t0 = time.perf_counter()
     vids, qfile = make_set(a.out, a.videos)
     runs = []
-    for label, kw in settings_for(a.experiment, models, a.model):
+    for label, kw in settings_for(a.experiment, models, a.model, a.ratio):
         kw = dict(kw)
         model = kw.pop("model", a.model)
         archive = a.out / "archives" / f"{a.experiment}-{label.replace(' ', '_')}"

@@ -508,8 +508,8 @@ def write_video(path: Path, frames, fps: float, width: int, height: int, *, crf:
         stream.pix_fmt = "yuv420p"
         stream.codec_context.gop_size = max(1, int(round(2 * fr)))
         # One encoder thread: with the default (0 = one per core) the bytes depend on the machine's
-        # core count, and with 2 threads they differed between two encodes of one seed in a loaded CI
-        # run (libx264 frame threads); one thread gives the same bytes for a seed everywhere.
+        # core count; with the colour conversion below also on one thread, a seed gives the same
+        # bytes everywhere (two encodes of one seed differed in loaded CI runs before).
         stream.codec_context.thread_count = ENCODER_THREADS
         if codec == "h264":
             stream.options = {"crf": str(crf), "preset": "veryfast"}
@@ -518,7 +518,9 @@ def write_video(path: Path, frames, fps: float, width: int, height: int, *, crf:
         else:
             stream.bit_rate = max(200_000, int(width * height * float(fr) * 0.2))  # ~0.2 bit per pixel
         for i, rgb in enumerate(frames):
-            vf = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            # RGB -> YUV 4:2:0 here, on one thread: PyAV's implicit conversion inside `encode` runs
+            # swscale on one thread per CPU (its default), the one multi-threaded step left
+            vf = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p", threads=1)
             vf.pts = i
             vf.time_base = Fraction(1) / fr
             out.mux(stream.encode(vf))
