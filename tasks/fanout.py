@@ -18,8 +18,8 @@ Failure semantics, by Ray's documented exception types (never by message text):
   `raised` (a `model.environment.UpstreamDriftError` cause is re-raised: the model's invariants
   failed, and nothing should be stored by any item).
 - from `ready()`: `ActorDiedError.actor_init_failed` or `RayTaskError` is final (the slot is dead);
-  anything else (`ActorUnavailableError` while the process restarts) is asked again every 0.5 s, up
-  to `ready_timeout_s` after the slot started loading.
+  `ActorUnavailableError` (the process is restarting) is asked again every 0.5 s, up to
+  `ready_timeout_s` after the slot started loading; `ActorDiedError` up to `DIED_ANSWERS` times.
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+DIED_ANSWERS = 20
+"""`ActorDiedError` answers to `ready()` after which a slot is dead (0.5 s apart)."""
 
 
 class PoolError(RuntimeError):
@@ -45,6 +48,7 @@ class Slot:
     in_flight: int = 0
     pid: int | None = None
     ready_failures: int = 0
+    died_answers: int = 0
     loading_since: float = field(default_factory=time.monotonic)
     """when the slot started (re)loading (`time.monotonic()` seconds)."""
     last_error: str | None = None
@@ -149,10 +153,14 @@ class ActorPool:
             slot.last_error = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[-1][:500]}"
             # a restarting actor answers "unavailable" (ActorUnavailableError) at once, again and again,
             # until its process has started and loaded the model (seconds to minutes): wait for it up
-            # to `ready_timeout_s`; an error in `ready()` or in the actor's `__init__`
-            # (ActorDiedError.actor_init_failed) is final
+            # to `ready_timeout_s`. An error in `ready()` or in the actor's `__init__`
+            # (ActorDiedError.actor_init_failed) is final; so is ActorDiedError answered
+            # `DIED_ANSWERS` times (its restarts are used up; the first answers after a death can be
+            # ActorDiedError before Ray marks the actor as restarting)
+            died = isinstance(exc, ray.exceptions.ActorDiedError)
+            slot.died_answers += died
             final = isinstance(exc, ray.exceptions.RayTaskError) or (
-                isinstance(exc, ray.exceptions.ActorDiedError) and exc.actor_init_failed)
+                died and (exc.actor_init_failed or slot.died_answers >= DIED_ANSWERS))
             if final or time.monotonic() - slot.loading_since > self.ready_timeout_s:
                 slot.state, slot.ready_ref = "dead", None
                 if errors is not None:
@@ -163,7 +171,8 @@ class ActorPool:
             return
         if self.on_ready is not None:
             self.on_ready(info, slot)
-        slot.state, slot.ready_ref, slot.pid, slot.ready_failures, slot.info = "ready", None, info["pid"], 0, info
+        slot.state, slot.ready_ref, slot.pid, slot.info = "ready", None, info["pid"], info
+        slot.ready_failures = slot.died_answers = 0
         if self.info is None:
             self.info = info
 

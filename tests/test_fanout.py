@@ -71,6 +71,20 @@ def test_a_restarting_actor_is_waited_for_by_time_not_by_count(monkeypatch):
     assert slot.state == "dead" and errors == [slot.last_error] and slot.last_error.startswith("ActorUnavailableError")
 
 
+def test_an_actor_whose_restarts_are_used_up_is_dead_after_a_few_answers(monkeypatch):
+    """ActorDiedError that is not an init failure (restarts used up) is not waited for 900 s."""
+    from tasks.fanout import DIED_ANSWERS
+
+    monkeypatch.setattr(ray, "get", lambda ref: (_ for _ in ()).throw(rex.ActorDiedError()))
+    monkeypatch.setattr("tasks.fanout.time.sleep", lambda s: None)
+    pool, slot = _pool(), Slot(handle=_Handle(), ready_ref="ref")
+    for _ in range(DIED_ANSWERS - 1):
+        pool.resolve_ready(slot, "ref", [])
+    assert slot.state == "loading"
+    pool.resolve_ready(slot, "ref", [])
+    assert slot.state == "dead" and slot.last_error.startswith("ActorDiedError")
+
+
 def test_actor_whose_init_failed_is_dead(monkeypatch):
     exc = rex.ActorDiedError(_task_error(ValueError("no such checkpoint")))
     assert exc.actor_init_failed
