@@ -97,7 +97,9 @@ def main() -> None:
     if a.json:
         print(json.dumps([{k: r[k] for k in ("run", "accuracy", "num_questions", "per_type")} for r in runs]))
         return
-    print(f"`python bench/ablations.py {a.experiment} --videos {a.videos} --model {a.model}` on {platform.machine()}, "
+    what = (" --models " + " ".join(a.models) if a.experiment == "models" else f" --model {a.model}") + (
+        f" --ratio {a.ratio}" if a.ratio else "")
+    print(f"`python bench/ablations.py {a.experiment} --videos {a.videos}{what}` on {platform.machine()}, "
           f"CPU; {len(vids)} held-out videos (320x240, 10 fps, H.264/VP9/MPEG-4), {runs[0]['num_questions']} "
           f"questions per setting; {time.perf_counter() - t0:.0f} s\n")
     types = sorted({t for r in runs for t in r["per_type"]})
