@@ -479,9 +479,9 @@ def render_frames(plan: dict, only=None):
 
 
 ENCODER_THREADS = 1
-"""Encoder threads for `write_video`: one, so that a seed gives the same bytes on any machine and
-under any load (6 sample videos: 1.3 s against 1.6 s with 2 threads on the 2-core VM, which the
-process start dominates; sample videos are small)."""
+"""Encoder threads for `write_video`: one, so that a seed gives the same bytes on any machine (the
+bytes depend on the thread count; 6 sample videos: 1.3 s against 1.6 s with 2 threads on the 2-core
+VM, which the process start dominates)."""
 
 
 def write_video(path: Path, frames, fps: float, width: int, height: int, *, crf: int = 20,
@@ -512,7 +512,11 @@ def write_video(path: Path, frames, fps: float, width: int, height: int, *, crf:
         # bytes everywhere (two encodes of one seed differed in loaded CI runs before).
         stream.codec_context.thread_count = ENCODER_THREADS
         if codec == "h264":
-            stream.options = {"crf": str(crf), "preset": "veryfast"}
+            # asm=0: x264's assembly gave other bytes for one seed depending on what the process had
+            # done before (reproduced: after tests/test_model_drift.py and test_clip_embed.py in one
+            # pytest process, 3 of 3 runs; never alone); the C path is deterministic (3 of 3) and
+            # costs about 1.45x the encode time (6 sample videos: 1.9 s against 1.3 s)
+            stream.options = {"crf": str(crf), "preset": "veryfast", "x264-params": "asm=0"}
         elif codec == "vp9":
             stream.options = {"crf": str(crf + 10), "b": "0", "deadline": "realtime", "cpu-used": "8"}
         else:
