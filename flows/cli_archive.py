@@ -8,7 +8,6 @@ Exit status: 0 success, 1 infrastructure error, 2 usage error (e.g. unknown vide
 from __future__ import annotations
 
 import json
-import os
 import sys
 from datetime import datetime, timedelta
 from typing import Any
@@ -44,8 +43,9 @@ LS_FIELDS = (
 def _open(uri: str | None, as_json: bool = False):
     """The existing archive at `uri` (or $VXL_ARCHIVE, else ./archive); never creates one."""
     from storage import ArchiveError, ArchiveNotFound, open_archive
+    from tasks.options import archive_or_default
 
-    uri = uri or os.environ.get("VXL_ARCHIVE") or "archive"
+    uri = archive_or_default(uri)
     try:
         return open_archive(uri, create=False)
     except ArchiveNotFound as exc:

@@ -22,7 +22,9 @@ from tasks.ask import EXIT_FAILURES, AskError, open_archive_or_fail
 
 
 def _archive_uri(uri: str | None) -> str:
-    return uri or os.environ.get("VXL_ARCHIVE") or "archive"
+    from tasks.options import archive_or_default
+
+    return archive_or_default(uri)
 
 
 def _fail(exc: AskError, as_json: bool) -> typer.Exit:

@@ -24,7 +24,7 @@ from dataclasses import asdict
 from typing import Any
 
 from tasks.ask import AskError, Question, load_questions_file, parse_questions
-from tasks.options import JobOptions, option
+from tasks.options import JobOptions, archive_or_default, option
 
 
 class AskLibraryOptions(JobOptions):
@@ -57,7 +57,7 @@ class AskLibraryOptions(JobOptions):
     @property
     def archive(self) -> str:
         """`archive_uri`, else `$VXL_ARCHIVE`, else `archive` (relative to the working folder)."""
-        return self.archive_uri or os.environ.get("VXL_ARCHIVE") or "archive"
+        return archive_or_default(self.archive_uri)
 
     def validate(self) -> None:
         """Raise AskError(kind="usage") for no questions or both forms, an unreadable or malformed

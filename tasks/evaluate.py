@@ -332,9 +332,9 @@ class EvalOptions(JobOptions):
     @property
     def archive_uri(self) -> str:
         """`archive`, else `$VXL_ARCHIVE`, else `archive` (relative to the working folder)."""
-        import os
+        from tasks.options import archive_or_default
 
-        return self.archive or os.environ.get("VXL_ARCHIVE") or "archive"
+        return archive_or_default(self.archive)
 
     def validate(self) -> None:
         """Raise EvalError(kind="usage") for a missing or malformed question file, a missing

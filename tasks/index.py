@@ -587,7 +587,7 @@ class _Run:
         self._progress("encoding")
 
     def _in_flight(self) -> int:
-        fan = getattr(self, "fan", None)
+        fan = self.fan
         return len(getattr(self, "decoding", {})) + (len(fan.queue) + len(fan.running) if fan else 0)
 
     def _fail(self, source_uri: str, video_id: str | None, kind: str, error: str, meta: dict | None = None) -> None:

@@ -57,6 +57,14 @@ class JobOptions(BaseModel):
         return opts
 
 
+def archive_or_default(uri: str | None) -> str:
+    """The archive URI a command uses: `uri`, else `$VXL_ARCHIVE`, else `archive` (relative to the
+    working folder). The one default of `vxl ask`, `ask-library`, `eval` and `archive ...`."""
+    import os
+
+    return uri or os.environ.get("VXL_ARCHIVE") or "archive"
+
+
 def option(default: Any, *flags: str, help: str, split: str | None = None, hidden: bool = False,
            default_factory=None, argument: bool = False) -> Any:
     """A pydantic `Field` that is also a CLI option.
