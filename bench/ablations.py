@@ -12,6 +12,8 @@ the paired difference to the first setting with McNemar's exact p-value.
     python bench/ablations.py chunking --videos 24       # dynamic vs fixed chunking at test time
     python bench/ablations.py models --models curriculum=runs/c/final direct=runs/d/final --ratio 16
                                                          # models trained differently, tested at 16x
+    python bench/ablations.py trained-chunking --models dynamic=runs/d/final fixed=runs/f/final
+                                                         # each model tested with dynamic and fixed chunking
 
 `--model` defaults to the shipped `toy`; `--out` keeps the videos and archives (reruns skip work).
 Ablations that need models trained differently (pooling baseline, direct 16x training, dynamic vs
@@ -55,6 +57,10 @@ def settings_for(exp: str, models: dict[str, str], model: str, ratio: int | None
         return [(c, {"index_options": {"kv_codec": c}}) for c in ("raw", "int8", "int4")]
     if exp == "chunking":
         return [("dynamic", {}), ("fixed 8", {"index_options": {"chunking": "fixed", "ratio": 8}})]
+    if exp == "trained-chunking":
+        return [(f"{name} model, {label}", {"model": folder, **kw}) for name, folder in models.items()
+                for label, kw in (("dynamic test", {"index_options": {"chunking": "dynamic", "target_ratio": 8}}),
+                                  ("fixed 8 test", {"index_options": {"chunking": "fixed", "ratio": 8}}))]
     if exp == "models":
         fixed = {"index_options": {"chunking": "fixed", "ratio": ratio}} if ratio else {}
         return [(name if not ratio else f"{name} @{ratio}x", {"model": folder, **fixed})
@@ -64,7 +70,8 @@ def settings_for(exp: str, models: dict[str, str], model: str, ratio: int | None
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("experiment", choices=["ratio", "top-windows", "codec", "chunking", "models"])
+    ap.add_argument("experiment", choices=["ratio", "top-windows", "codec", "chunking", "models",
+                                                   "trained-chunking"])
     ap.add_argument("--videos", type=int, default=24)
     ap.add_argument("--model", default="toy")
     ap.add_argument("--models", nargs="*", default=[], help="NAME=FOLDER for the `models` experiment")
@@ -84,7 +91,7 @@ def main() -> None:
     for label, kw in settings_for(a.experiment, models, a.model, a.ratio):
         kw = dict(kw)
         model = kw.pop("model", a.model)
-        archive = a.out / "archives" / f"{a.experiment}-{label.replace(' ', '_')}"
+        archive = a.out / "archives" / f"{a.experiment}-{label.replace(' ', '_').replace(',', '')}"
         t = time.perf_counter()
         index_options = kw.pop("index_options", None)
         res = _run_eval(EvalOptions(archive=str(archive), questions_file=str(qfile), model=model, run_name=label, **kw),
@@ -97,7 +104,7 @@ def main() -> None:
     if a.json:
         print(json.dumps([{k: r[k] for k in ("run", "accuracy", "num_questions", "per_type")} for r in runs]))
         return
-    what = (" --models " + " ".join(a.models) if a.experiment == "models" else f" --model {a.model}") + (
+    what = (" --models " + " ".join(a.models) if a.models else f" --model {a.model}") + (
         f" --ratio {a.ratio}" if a.ratio else "")
     print(f"`python bench/ablations.py {a.experiment} --videos {a.videos}{what}` on {platform.machine()}, "
           f"CPU; {len(vids)} held-out videos (320x240, 10 fps, H.264/VP9/MPEG-4), {runs[0]['num_questions']} "

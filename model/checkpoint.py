@@ -239,6 +239,8 @@ def original_config(model: VideoXLForCausalLM, model_max_length: int | None = No
     cfg = {k: v for k, v in config.to_dict().items() if k not in _V5_ONLY_KEYS}
     if cfg.get("pad_token_id") is None:
         cfg.pop("pad_token_id", None)
+    if cfg.get("vxl_compressor") == "vst":
+        cfg.pop("vxl_compressor")  # Video-XL's own mechanism: the original's keys only
     if cfg.get("sliding_window") is None:
         cfg.pop("sliding_window", None)  # transformers 5 clears it when unused; the original keeps a value
     for key, value in ORIGINAL_CONFIG_DEFAULTS.items():

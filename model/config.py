@@ -35,6 +35,9 @@ KNOWN_VISION_TOWERS: dict[str, dict] = {
     },
 }
 
+#: Window compressors (`VideoXLConfig.vxl_compressor`): Video-XL's VSTs, and the pooling baseline.
+COMPRESSORS = ("vst", "pool")
+
 
 class VideoXLConfig(Qwen2Config):
     r"""Configuration of a Video-XL model (`LlavaQwenForCausalLM` in the original code).
@@ -60,6 +63,12 @@ class VideoXLConfig(Qwen2Config):
             or a name in `KNOWN_VISION_TOWERS`.
         vision_config (`dict`, *optional*): the resolved CLIP vision configuration.
         image_processor (`dict`, *optional*): size, crop_size, image_mean, image_std.
+        vxl_compressor (`str`, defaults to `"vst"`): how a window becomes memory. `"vst"` is
+            Video-XL (VSTs interleaved, only their K/V kept). `"pool"` is the paper's pooling
+            baseline (Video-XL paper, ablation at 16x, VIDEO_XL.md section 3: pooling 33.7 against VST 41.4 on MLVU): a
+            window's visual tokens are average-pooled into as many tokens as it would get VSTs, and
+            those are fed to the LLM and all kept, so memory sizes are equal. A vxl extension key,
+            written to config.json only when it is not `"vst"`; the original code does not read it.
     """
 
     model_type = "llava_qwen"
@@ -83,6 +92,7 @@ class VideoXLConfig(Qwen2Config):
         mm_vision_tower: str = "openai/clip-vit-large-patch14-336",
         vision_config: dict | None = None,
         image_processor: dict | None = None,
+        vxl_compressor: str = "vst",
         **kwargs,
     ):
         self.beacon_window = beacon_window
@@ -102,6 +112,7 @@ class VideoXLConfig(Qwen2Config):
         self.mm_vision_tower = mm_vision_tower
         self.vision_config = vision_config
         self.image_processor = image_processor
+        self.vxl_compressor = vxl_compressor
         super().__init__(**kwargs)
 
     # -- derived sizes (units in the names) -----------------------------------------------------
@@ -149,6 +160,8 @@ class VideoXLConfig(Qwen2Config):
             problems.append(f"mm_spatial_pool_mode={self.mm_spatial_pool_mode!r} (only 'average')")
         if self.mm_vision_select_feature != "patch":
             problems.append(f"mm_vision_select_feature={self.mm_vision_select_feature!r} (only 'patch')")
+        if self.vxl_compressor not in COMPRESSORS:
+            problems.append(f"vxl_compressor={self.vxl_compressor!r} (only {', '.join(COMPRESSORS)})")
         if self.vision_config is not None and self.beacon_window % self.tokens_per_frame:
             problems.append(f"beacon_window={self.beacon_window} is not a whole number of frames")
         if problems:
@@ -267,7 +280,7 @@ def tiny_config() -> VideoXLConfig:
 
 
 def toy_config(vocab_size: int, bos_token_id: int, eos_token_id: int, *, image_size: int = 64,
-               window_frames: int = 8) -> VideoXLConfig:
+               window_frames: int = 8, compressor: str = "vst") -> VideoXLConfig:
     """The `toy` model's architecture: Video-XL's mechanism at a size that trains on 2 CPU cores.
 
     64 px frames, patch 8 -> 8x8 patches, 2x2 pooling -> 16 visual tokens per frame; windows of
@@ -281,6 +294,7 @@ def toy_config(vocab_size: int, bos_token_id: int, eos_token_id: int, *, image_s
         bos_token_id, eos_token_id: `<|endoftext|>` and `<|im_end|>` ids of the tokenizer.
         image_size: frame side in pixels (patch 8, 2x2 pooling: `(image_size / 16)^2` tokens per frame).
         window_frames: frames per window (`beacon_window` = window_frames x tokens per frame).
+        compressor: `vxl_compressor` ("vst", or "pool" for the pooling baseline of issue 13).
     """
     vision = dict(
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -308,6 +322,7 @@ def toy_config(vocab_size: int, bos_token_id: int, eos_token_id: int, *, image_s
         mm_vision_tower="vxl-toy-clip",
         vision_config=vision,
         image_processor=_preprocessor({}, image_size),
+        vxl_compressor=compressor,
     )
     cfg.check_supported()
     return cfg

@@ -74,6 +74,9 @@ def config_fields(config) -> dict:
         out["vision"]["num_channels"] = 3  # CLIPVisionConfig's default
     pre = config.image_processor or {}
     out["preprocessing"] = {k: pre.get(k) for k in PREPROCESSING_KEYS}
+    compressor = getattr(config, "vxl_compressor", "vst")
+    if compressor != "vst":  # absent for Video-XL itself, so its fingerprints are unchanged
+        out["vxl_compressor"] = compressor
     return out
 
 

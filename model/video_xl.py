@@ -253,20 +253,27 @@ class VideoXL:
         beacon = model.model.beacon_embed_tokens.weight[0]  # (C,)
         n_tok = self.config.tokens_per_frame
         windows, kvs = [], []
+        pool = self.config.vxl_compressor == "pool"
         for idx, (w, (n_vst, carry)) in enumerate(zip(plan.windows, plan.layout(), strict=True)):
             feats = self._vision_features(frames[w.frame_start : w.frame_end])  # (n, C)
-            is_vst = vst_positions(feats.shape[0], w.ratio, carry).to(self.device)  # (n + n_vst,)
-            x = torch.zeros(is_vst.shape[0], feats.shape[1], dtype=feats.dtype, device=feats.device)
-            x = x.masked_scatter(~is_vst.unsqueeze(1), feats)  # visual tokens in order
-            x = torch.where(is_vst.unsqueeze(1), beacon.to(x.dtype), x)  # VSTs: the beacon embedding
+            if pool:  # the pooling baseline: n_vst pooled tokens, all kept (no VSTs)
+                x = pool_tokens(feats, n_vst)
+                is_vst = torch.zeros(n_vst, dtype=torch.bool, device=self.device)
+                keep = torch.ones(n_vst, dtype=torch.bool, device=self.device)
+            else:
+                is_vst = vst_positions(feats.shape[0], w.ratio, carry).to(self.device)  # (n + n_vst,)
+                x = torch.zeros(is_vst.shape[0], feats.shape[1], dtype=feats.dtype, device=feats.device)
+                x = x.masked_scatter(~is_vst.unsqueeze(1), feats)  # visual tokens in order
+                x = torch.where(is_vst.unsqueeze(1), beacon.to(x.dtype), x)  # VSTs: the beacon embedding
+                keep = is_vst
             m = cache.get_seq_length()
             if checkpoint_windows and torch.is_grad_enabled():
                 from torch.utils.checkpoint import checkpoint
 
                 memory_so_far = torch.cat([sink, *kvs], dim=3)  # (L, 2, Hkv, m, D)
-                kv = checkpoint(self._window_pass_fresh, memory_so_far, x, is_vst, use_reentrant=False)
+                kv = checkpoint(self._window_pass_fresh, memory_so_far, x, is_vst, keep, use_reentrant=False)
             else:
-                kv = self._window_pass(cache, x, is_vst)
+                kv = self._window_pass(cache, x, is_vst, keep)
             truncate_cache(cache, m)  # drop the window's raw tokens (and the VSTs at their window positions)
             append_rotated(model, cache, kv, start=m)  # VSTs at their memory positions
             kvs.append(kv)
@@ -281,16 +288,18 @@ class VideoXL:
                 on_window(idx + 1, len(plan.windows), w.frame_end)
         return VSTMemory(sink=sink, window_kv=kvs, windows=windows, fingerprint=self.fingerprint)
 
-    def _window_pass(self, cache, x: torch.Tensor, is_vst: torch.Tensor) -> torch.Tensor:
-        """One window `x` `(T, C)` after the memory in `cache`: the VSTs' pre-RoPE K/V `(L, 2, Hkv, n_vst, D)`.
-        `cache` grows by T tokens (the caller truncates it)."""
-        cap = VSTCapture(is_vst=is_vst, keep=is_vst)
+    def _window_pass(self, cache, x: torch.Tensor, is_vst: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """One window `x` `(T, C)` after the memory in `cache`: the pre-RoPE K/V `(L, 2, Hkv, n_keep, D)`
+        of the tokens where `keep` (bool `(T,)`; the VSTs, or every pooled token). `cache` grows by T
+        tokens (the caller truncates it)."""
+        cap = VSTCapture(is_vst=is_vst, keep=keep)
         self.model.step(x.unsqueeze(0), cache, cap)
         return _stack(cap)
 
-    def _window_pass_fresh(self, memory: torch.Tensor, x: torch.Tensor, is_vst: torch.Tensor) -> torch.Tensor:
+    def _window_pass_fresh(self, memory: torch.Tensor, x: torch.Tensor, is_vst: torch.Tensor,
+                           keep: torch.Tensor) -> torch.Tensor:
         """`_window_pass` against a cache rebuilt from `memory` `(L, 2, Hkv, M, D)` (pure: for checkpointing)."""
-        return self._window_pass(self.model.rotated_cache(memory), x, is_vst)
+        return self._window_pass(self.model.rotated_cache(memory), x, is_vst, keep)
 
     def _empty_kv(self) -> torch.Tensor:
         c = self.config
@@ -406,6 +415,23 @@ class VideoXL:
             logp = torch.log_softmax(all_logits.float(), dim=-1)
             scores.append(float(logp[torch.arange(len(o)), torch.tensor(o)].sum()))
         return scores
+
+
+def pool_tokens(feats: torch.Tensor, n_out: int) -> torch.Tensor:
+    """Average-pool a window's visual tokens `(n, C)` into `(n_out, C)`: `n_out` contiguous groups in
+    time order, sizes differing by at most one (`torch.tensor_split`). The pooling baseline's
+    compressor (`VideoXLConfig.vxl_compressor == "pool"`): `n_out` is the window's VST count, so a
+    group holds `ratio` tokens (frame-major, so at a ratio of `tokens_per_frame` a group is one frame).
+
+    Raises:
+        ValueError: `n_out` > n (a group would be empty).
+    """
+    n = int(feats.shape[0])
+    if n_out > n:
+        raise ValueError(f"cannot pool {n} visual tokens into {n_out} groups")
+    if n_out == 0:
+        return feats[:0]
+    return torch.stack([g.mean(dim=0) for g in torch.tensor_split(feats, n_out, dim=0)])
 
 
 def _stack(cap: VSTCapture) -> torch.Tensor:

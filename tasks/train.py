@@ -236,29 +236,36 @@ def toy_corpus() -> list[str]:
 
 
 def parse_toy_init(spec: str) -> dict:
-    """`toy-init` or `toy-init:image_size=32,window_frames=16` -> `toy_config` keyword arguments.
+    """`toy-init` or `toy-init:image_size=32,window_frames=16,compressor=pool` -> `toy_config`
+    keyword arguments (`compressor=pool`: the pooling baseline of issue 13's ablation 1).
 
     Raises:
         TrainError(kind="usage"): not of that form.
     """
+    from model.config import COMPRESSORS
+
     if spec == TOY_INIT:
         return {}
     head, _, rest = spec.partition(":")
-    bad = TrainError("usage", f"--model {spec!r}: expected {TOY_INIT} or {TOY_INIT}:image_size=N,window_frames=N")
+    bad = TrainError("usage", f"--model {spec!r}: expected {TOY_INIT} or "
+                     f"{TOY_INIT}:image_size=N,window_frames=N,compressor={'|'.join(COMPRESSORS)}")
     if head != TOY_INIT or not rest:
         raise bad
-    out = {}
+    out: dict = {}
     for part in rest.split(","):
         k, _, v = part.partition("=")
-        if k not in ("image_size", "window_frames") or not v.isdigit():
+        if k in ("image_size", "window_frames") and v.isdigit():
+            out[k] = int(v)
+        elif k == "compressor" and v in COMPRESSORS:
+            out[k] = v
+        else:
             raise bad
-        out[k] = int(v)
     return out
 
 
 def fresh_toy_model(seed: int = 0, device=None, **arch):
     """A `toy` VideoXL with fresh weights (`model.training.init_state`) and the toy tokenizer;
-    `arch`: `toy_config` keyword arguments (image_size, window_frames)."""
+    `arch`: `toy_config` keyword arguments (image_size, window_frames, compressor)."""
     import torch
 
     from model.checkpoint import build_from_state

@@ -97,3 +97,75 @@ def test_fast_path_equals_slow_reference(tiny_vx, ratio, num_frames):
         assert (kv[layer, 1] - v).abs().max().item() < 1e-5
     logits = tiny_vx.next_token_logits(memory, q)
     assert (logits - ref_logits).abs().max().item() < 1e-4
+
+
+# -- the pooling baseline (issue 13, ablation 1) ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pool_vx(tiny_vx):
+    """The tiny model's weights with `vxl_compressor="pool"`."""
+    import copy
+
+    from model.checkpoint import build_from_state, to_checkpoint_keys
+    from model.video_xl import VideoXL
+
+    cfg = copy.deepcopy(tiny_vx.config)
+    cfg.vxl_compressor = "pool"
+    model = build_from_state(cfg, to_checkpoint_keys(tiny_vx.model.state_dict()), torch.float32, torch.device("cpu"))
+    return VideoXL(model, tiny_vx.tokenizer, "tiny-pool", tiny_vx._weights_digest)
+
+
+@torch.no_grad()
+def test_pooling_baseline_is_plain_qwen2_over_pooled_tokens(pool_vx, hf_qwen2):
+    """With `vxl_compressor="pool"` every window's visual tokens are averaged in groups of `ratio`
+    and all of them kept, so the memory plus question is one causal pass of plain Qwen2 over
+    [sink, pooled tokens of every window, question]: its last logits are the reference."""
+    frames = _frames(13, seed=5)  # two windows: 10 frames (1440 tokens -> 90) and 3 (432 -> 27)
+    q = "What colour is the circle?"
+    ratio = 16
+    memory = pool_vx.encode(frames, pool_vx.plan(frames, ratio=ratio))
+    assert [w.num_vst for w in memory.windows] == [90, 27]
+    feats = pool_vx.vision_features(frames)  # (13 * 144, C), checked against CLIP above
+    pooled = feats.view(-1, ratio, feats.shape[1]).mean(dim=1)  # 1872 / 16 = 117 groups, none across windows
+    ids_q = pool_vx._question_ids(memory, q, 0)
+    embeds = torch.cat([pool_vx._embed_ids(pool_vx._sink_ids)[0], pooled, pool_vx._embed_ids(ids_q)[0]])
+    ref = hf_qwen2(inputs_embeds=embeds.unsqueeze(0)).logits[0, -1]
+    got = pool_vx.next_token_logits(memory, q)
+    assert (got - ref).abs().max().item() <= 1e-4
+
+
+def test_pooling_baseline_keeps_as_many_tokens_as_vsts_and_has_its_own_fingerprint(tiny_vx, pool_vx, tmp_path):
+    from model import load_model
+    from model.video_xl import pool_tokens
+
+    frames = _frames(12, seed=6)
+    for ratio in (7, 16):  # 7: a carry across windows
+        plan = tiny_vx.plan(frames, ratio=ratio)
+        a, b = tiny_vx.encode(frames, plan), pool_vx.encode(frames, plan)
+        assert a.kv().shape == b.kv().shape
+        assert [w.num_vst for w in a.windows] == [w.num_vst for w in b.windows]
+    assert pool_vx.fingerprint != tiny_vx.fingerprint  # same weights, another mechanism
+    # groups differ in size by at most one and never cross the window's token order
+    x = torch.arange(10.0).unsqueeze(1)
+    assert pool_tokens(x, 3).squeeze(1).tolist() == [1.5, 5.0, 8.0]
+    with pytest.raises(ValueError, match="cannot pool 10 visual tokens into 11"):
+        pool_tokens(x, 11)
+    # the key travels with a saved checkpoint; Video-XL's own folders do not get it
+    pool_vx.save_pretrained(tmp_path / "pool")
+    tiny_vx.save_pretrained(tmp_path / "vst")
+    import json
+
+    assert json.loads((tmp_path / "pool" / "config.json").read_text())["vxl_compressor"] == "pool"
+    assert "vxl_compressor" not in json.loads((tmp_path / "vst" / "config.json").read_text())
+    back = load_model(tmp_path / "pool", device="cpu")
+    assert back.config.vxl_compressor == "pool" and back.fingerprint == pool_vx.fingerprint
+
+
+def test_an_unknown_compressor_is_refused():
+    from model.config import tiny_config
+
+    cfg = tiny_config()
+    cfg.vxl_compressor = "qformer"
+    with pytest.raises(ValueError, match="vxl_compressor='qformer'"):
+        cfg.check_supported()

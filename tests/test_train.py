@@ -95,6 +95,41 @@ def test_window_checkpointing_gives_the_same_loss_and_gradients(toy):
         torch.testing.assert_close(grads[1][1][n], g, atol=1e-6, rtol=1e-4, msg=n)
 
 
+@pytest.mark.timeout(180)
+def test_the_pooling_baseline_trains_through_the_same_forward():
+    """`toy-init:compressor=pool` (issue 13, ablation 1): a fresh pooling model; the training
+    forward equals its inference forward, the loss reaches the vision tower through the kept
+    pooled tokens, the beacon parameters get no gradient (no VSTs), and window
+    checkpointing gives the same gradients."""
+    from tasks.train import TrainError, parse_toy_init
+
+    assert parse_toy_init("toy-init:compressor=pool") == {"compressor": "pool"}
+    with pytest.raises(TrainError, match="compressor=vst|pool"):
+        parse_toy_init("toy-init:compressor=qformer")
+    vx = fresh_toy_model(seed=3, **parse_toy_init("toy-init:compressor=pool"))
+    assert vx.config.vxl_compressor == "pool"
+    frames = _frames(vx, n=20, seed=4)
+    plan = vx.plan(20, ratio=16)
+    question, answer = "What colour is the circle?", "red"
+    with torch.no_grad():
+        logits = turn_logits(vx, vx.encode_memory(frames, plan), question, answer_token_ids(vx, answer))
+    mem_inf = vx.encode(frames, plan)
+    assert mem_inf.kv().shape[3] == len(vx._sink_ids) + 20 * vx.config.tokens_per_frame // 16
+    assert (logits[0] - vx.next_token_logits(mem_inf, question)).abs().max().item() <= 1e-5
+    turns = [Turn(question, answer)]
+    grads = []
+    for ckpt in (False, True):
+        vx.model.zero_grad(set_to_none=True)
+        loss, _, _ = sample_loss(vx, frames, plan, turns, checkpoint_windows=ckpt)
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in vx.model.named_parameters() if p.grad is not None})
+    assert any(".vision_tower." in n and g.abs().sum() > 0 for n, g in grads[0].items())
+    assert not any("beacon_" in n and g.abs().sum() > 0 for n, g in grads[0].items())
+    assert grads[0].keys() == grads[1].keys()
+    for n, g in grads[0].items():
+        torch.testing.assert_close(grads[1][n], g, atol=1e-6, rtol=1e-4, msg=n)
+
+
 def test_curriculum_follows_schedule_and_seed():
     cur = Curriculum.parse("0:2,4;5:2,4,8,12,16", seed=7)
     assert cur.ratios_at(0) == (2, 4) and cur.ratios_at(4) == (2, 4) and cur.ratios_at(5) == (2, 4, 8, 12, 16)
