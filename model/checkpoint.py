@@ -206,7 +206,7 @@ _V5_ONLY_KEYS = (
 _STRUCTURAL_KEYS = (
     "model_type", "architectures", "mm_vision_tower", "vocab_size", "hidden_size", "intermediate_size",
     "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim", "mm_hidden_size",
-    "tie_word_embeddings", "rope_theta", "rope_scaling", "rope_parameters", "torch_dtype", "dtype",
+    "tie_word_embeddings", "rope_theta", "rope_scaling", "rope_parameters", "torch_dtype", "dtype", "vxl_compressor",
 )
 # Qwen2's chat template as Video-XL's tokenizer_config.json carries it (ChatML, default system prompt).
 QWEN2_CHAT_TEMPLATE = (

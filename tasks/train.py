@@ -85,8 +85,9 @@ class TrainConfig(JobOptions):
     data: list[str] = option(None, "--data", default_factory=lambda: ["toy:400"], help="Training data "
                              "(repeatable): toy:COUNT[:SEED][:scenes=N][:seconds=A-B][:types=T1,T2], a folder of videos with "
                              "NAME.json ground truth, or a LLaVA .json/.jsonl. Default toy:400.")
-    model: str = option(TOY_INIT, "--model", help="'toy-init' (a fresh toy-size model) or a Video-XL checkpoint "
-                        "folder to fine-tune.")
+    model: str = option(TOY_INIT, "--model", help="'toy-init' (a fresh toy-size model; "
+                        "toy-init:image_size=N,window_frames=N,compressor=vst|pool to change its shape, pool being "
+                        "the pooling baseline) or a Video-XL checkpoint folder to fine-tune.")
     init_vision: str | None = option(None, "--init-vision", help="A checkpoint folder whose vision tower and "
                                      "projector replace --model's before training (as LLaVA/Video-XL load "
                                      "pretrain_mm_mlp_adapter; e.g. --model toy-init on a tower pretrained with "
