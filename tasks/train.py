@@ -362,7 +362,10 @@ def _file_key(path: Path) -> str:
 def prepare_data(cfg: TrainConfig, vx=None, progress: Callable[[int, int, str], None] | None = None) -> list[Item]:
     """Decode (or render) every training video once into the frame cache; the list of items.
 
-    Idempotent: cached videos are not decoded again. Writes `cache/manifest.json`.
+    Idempotent: cached videos are not decoded again. Writes the run's item list to
+    `manifest_path(cfg, crop_size)`, named by what it depends on, so runs with other data can share
+    one `--cache-dir` (frames are keyed by video and sampling; the manifests do not overwrite
+    each other).
 
     Raises:
         TrainError(kind="data"): a source that does not exist or holds nothing usable (named),
@@ -444,8 +447,21 @@ def prepare_data(cfg: TrainConfig, vx=None, progress: Callable[[int, int, str], 
                           embeddings=str(epath) if want_emb else None))
         if progress:
             progress(n + 1, len(jobs), key)
-    (cache / "manifest.json").write_text(json.dumps([asdict(i) for i in items]))
+    manifest = manifest_path(cfg, vx.config.image_processor["crop_size"])
+    tmp = manifest.with_name(manifest.name + ".partial")
+    tmp.write_text(json.dumps([asdict(i) for i in items]))
+    os.replace(tmp, manifest)
     return items
+
+
+def manifest_path(cfg: TrainConfig, crop_size: int) -> Path:
+    """`CACHE/manifest-<digest>.json`: the item list of `cfg`'s data (sources, video root, sampling,
+    CLIP embeddings or not) at the model's input size `crop_size` (pixels)."""
+    import hashlib
+
+    key = json.dumps([cfg.data, cfg.video_root, cfg.fps, cfg.max_frames, cfg.planner in ("dynamic", "mixed"),
+                      int(crop_size)])
+    return cfg.cache / f"manifest-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
 def parse_toy_source(src: str) -> tuple[int, int, dict, str]:
@@ -699,7 +715,10 @@ def train_loop(cfg: TrainConfig, ctx: WorkerContext | None = None, items: list[I
         vx.model.load_state_dict({k: v.to(device) for k, v in weights.items()}, strict=False)
         state = torch.load(last / "trainer_state.pt", map_location="cpu", weights_only=False)
     if items is None:
-        items = [Item(**d) for d in json.loads((cfg.cache / "manifest.json").read_text())]
+        manifest = manifest_path(cfg, vx.config.image_processor["crop_size"])
+        if not manifest.is_file():
+            raise TrainError("data", f"{manifest} not found: prepare the data first (tasks.train.prepare_data)")
+        items = [Item(**d) for d in json.loads(manifest.read_text())]
     vx.model.train()
     head = None
     parts = list(cfg.trainable)
@@ -815,9 +834,8 @@ def save_model(cfg: TrainConfig, vx, folder: Path, history: list[dict]) -> Path:
     vx.model.eval()
     try:
         vx.save_pretrained(tmp, extra_config=training_record(cfg, history))
-    except TypeError:  # save_pretrained without extra_config (older checkpoint writer)
-        vx.save_pretrained(tmp)
-    vx.model.train(was_training)
+    finally:
+        vx.model.train(was_training)
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(tmp, folder)

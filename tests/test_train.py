@@ -340,6 +340,26 @@ def test_toy_source_parameters_narrow_the_family(tmp_path):
     assert items[3].truth == plan_toy_video(4_000_000)  # the same seed without parameters: the whole family
 
 
+def test_runs_with_other_data_share_a_frame_cache_without_overwriting_each_others_items(tmp_path):
+    """Two runs on one `--cache-dir` (the ablation scripts share one): the second decodes only its
+    new videos, and each run's item list stays its own (a run that reloads its items, as a
+    restarted worker does, gets its data, not the other run's)."""
+    from tasks.train import manifest_path
+
+    cache = str(tmp_path / "cache")
+    small = TrainConfig(out=str(tmp_path / "a"), data=["toy:2:6"], cache_dir=cache)
+    big = TrainConfig(out=str(tmp_path / "b"), data=["toy:3:6"], cache_dir=cache)
+    first = prepare_data(small)
+    mtimes = {i.key: Path(i.frames).stat().st_mtime_ns for i in first}
+    second = prepare_data(big)
+    assert [i.key for i in second] == ["toy-6000000", "toy-6000001", "toy-6000002"]
+    assert all(Path(i.frames).stat().st_mtime_ns == mtimes[i.key] for i in second[:2])  # not decoded again
+    crop = fresh_toy_model().config.image_processor["crop_size"]
+    assert manifest_path(small, crop) != manifest_path(big, crop)
+    assert [i["key"] for i in json.loads(manifest_path(small, crop).read_text())] == ["toy-6000000", "toy-6000001"]
+    assert len(json.loads(manifest_path(big, crop).read_text())) == 3
+
+
 def test_a_toy_source_can_name_its_own_question_types():
     """`toy:...:types=object_color,object_shape` asks that source's videos only object questions
     (the issue's phrasings), with the right answers, while the other sources keep the run's types;
