@@ -65,10 +65,11 @@ class VideoXLConfig(Qwen2Config):
         image_processor (`dict`, *optional*): size, crop_size, image_mean, image_std.
         vxl_compressor (`str`, defaults to `"vst"`): how a window becomes memory. `"vst"` is
             Video-XL (VSTs interleaved, only their K/V kept). `"pool"` is the paper's pooling
-            baseline (Video-XL paper, ablation at 16x, VIDEO_XL.md section 3: pooling 33.7 against VST 41.4 on MLVU): a
-            window's visual tokens are average-pooled into as many tokens as it would get VSTs, and
-            those are fed to the LLM and all kept, so memory sizes are equal. A vxl extension key,
-            written to config.json only when it is not `"vst"`; the original code does not read it.
+            baseline (its ablation at 16x, VIDEO_XL.md section 3: pooling 33.7 against VST 41.4 on
+            MLVU): a window's visual tokens are average-pooled into as many tokens as it would get
+            VSTs (`model.video_xl.pool_tokens`), and those are fed to the LLM and all kept, so the
+            memory sizes are equal. A vxl extension key, written to config.json only when it is not
+            `"vst"`; the original code does not read it.
     """
 
     model_type = "llava_qwen"
