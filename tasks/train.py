@@ -433,7 +433,7 @@ def prepare_data(cfg: TrainConfig, vx=None, progress: Callable[[int, int, str], 
                     clip = ClipEmbedder(TINY_CLIP, device="cpu")
                 np.save(epath, np.asarray(clip.embed_images(raw), dtype=np.float32))
             frames = vx.model_frames(raw).cpu().numpy()
-            tmp = fpath.with_name(fpath.stem + ".partial.npy")
+            tmp = _partial_name(fpath)
             np.save(tmp, frames)
             os.replace(tmp, fpath)
         truth = meta.get("truth")
@@ -448,10 +448,18 @@ def prepare_data(cfg: TrainConfig, vx=None, progress: Callable[[int, int, str], 
         if progress:
             progress(n + 1, len(jobs), key)
     manifest = manifest_path(cfg, vx.config.image_processor["crop_size"])
-    tmp = manifest.with_name(manifest.name + ".partial")
+    tmp = _partial_name(manifest)
     tmp.write_text(json.dumps([asdict(i) for i in items]))
     os.replace(tmp, manifest)
     return items
+
+
+def _partial_name(path: Path) -> Path:
+    """A temporary name next to `path`, unique to this process and call, for write-then-rename:
+    two runs preparing the same video on one cache never write the same temporary file."""
+    import uuid
+
+    return path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial{path.suffix}")
 
 
 def manifest_path(cfg: TrainConfig, crop_size: int) -> Path:

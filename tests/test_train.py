@@ -359,6 +359,23 @@ def test_runs_with_other_data_share_a_frame_cache_without_overwriting_each_other
     assert [i["key"] for i in json.loads(manifest_path(small, crop).read_text())] == ["toy-6000000", "toy-6000001"]
     assert len(json.loads(manifest_path(big, crop).read_text())) == 3
 
+    # two runs preparing the same new videos at the same time (two trainings started together): each
+    # writes its own temporary file before the rename (a shared name made the second rename fail)
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks.train import _partial_name
+
+    target = Path(cache) / "x.npy"
+    names = {_partial_name(target) for _ in range(2)}
+    assert len(names) == 2 and all(n.parent == target.parent and n.suffix == ".npy" for n in names)
+
+    both = [TrainConfig(out=str(tmp_path / name), data=["toy:2:7"], cache_dir=cache) for name in ("c", "d")]
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(prepare_data, both))
+    assert [i.key for i in results[0]] == [i.key for i in results[1]] == ["toy-7000000", "toy-7000001"]
+    assert all(np.load(i.frames).shape[0] > 0 for i in results[0])
+    assert not list(Path(cache).glob("*partial*"))  # no temporary file left behind
+
 
 def test_a_toy_source_can_name_its_own_question_types():
     """`toy:...:types=object_color,object_shape` asks that source's videos only object questions
