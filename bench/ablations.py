@@ -34,6 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SEED_BASE = 6_500_000  # held out from training (< 1_000_000) and the tests (5_000_000 ..)
 
+# The two chunkings compared at test time, at the same average ratio (8 visual tokens per VST).
+TEST_CHUNKINGS = (("dynamic", {"chunking": "dynamic", "target_ratio": 8}), ("fixed 8", {"chunking": "fixed", "ratio": 8}))
+
 
 def make_set(out: Path, n: int) -> tuple[list[Path], Path]:
     from tasks.qa import write_questions_file
@@ -56,11 +59,10 @@ def settings_for(exp: str, models: dict[str, str], model: str, ratio: int | None
     if exp == "codec":
         return [(c, {"index_options": {"kv_codec": c}}) for c in ("raw", "int8", "int4")]
     if exp == "chunking":
-        return [("dynamic", {}), ("fixed 8", {"index_options": {"chunking": "fixed", "ratio": 8}})]
+        return [(label, {"index_options": opts}) for label, opts in TEST_CHUNKINGS]
     if exp == "trained-chunking":
-        return [(f"{name} model, {label}", {"model": folder, **kw}) for name, folder in models.items()
-                for label, kw in (("dynamic test", {"index_options": {"chunking": "dynamic", "target_ratio": 8}}),
-                                  ("fixed 8 test", {"index_options": {"chunking": "fixed", "ratio": 8}}))]
+        return [(f"{name} model, {label} test", {"model": folder, "index_options": opts})
+                for name, folder in models.items() for label, opts in TEST_CHUNKINGS]
     if exp == "models":
         fixed = {"index_options": {"chunking": "fixed", "ratio": ratio}} if ratio else {}
         return [(name if not ratio else f"{name} @{ratio}x", {"model": folder, **fixed})
@@ -70,11 +72,11 @@ def settings_for(exp: str, models: dict[str, str], model: str, ratio: int | None
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("experiment", choices=["ratio", "top-windows", "codec", "chunking", "models",
-                                                   "trained-chunking"])
+    ap.add_argument("experiment", choices=["ratio", "top-windows", "codec", "chunking", "models", "trained-chunking"])
     ap.add_argument("--videos", type=int, default=24)
     ap.add_argument("--model", default="toy")
-    ap.add_argument("--models", nargs="*", default=[], help="NAME=FOLDER for the `models` experiment")
+    ap.add_argument("--models", nargs="*", default=[], help="NAME=FOLDER for the `models` and "
+                    "`trained-chunking` experiments")
     ap.add_argument("--ratio", type=int, default=None, help="`models`: index with fixed chunking at this ratio "
                     "(e.g. 16, as the paper tests curriculum against direct 16x training)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/vxl-ablations"))
