@@ -14,6 +14,7 @@ answer among distractors; scored by option log-likelihood, `VideoXL.score_option
 | `bg_order` | In what order do the background colours appear? | up to 4 orders `a, then b, then c` |
 | `bg_first` | Which background colour appears first: {a} or {b}? | the 2 names |
 | `event_order` | VICO's open ordering question over 3 events of the truth JSON | up to 4 orders `3, 1, 2` |
+| `describe` | Describe the video from start to end. | none: an open answer, for training (`TRAINING_TYPES`) |
 
 Everything is drawn from a `numpy.random.Generator` the caller seeds, so a question set is
 reproducible. Pure Python + numpy; the truth layout is `tasks.samples.plan_toy_video`'s.
@@ -30,6 +31,11 @@ import numpy as np
 QUESTION_TYPES: tuple[str, ...] = (
     "bg_start", "bg_end", "object_color", "object_shape", "scene_count", "bg_order", "bg_first", "event_order",
 )
+TRAINING_TYPES: tuple[str, ...] = (*QUESTION_TYPES, "describe")
+"""What `vxl train --question-types` accepts: the scored types, and `describe` (a dense caption of the
+whole video in time order, `describe_video`; the captioning stage of LLaVA-style training, with
+an open answer, so it is not in the multiple-choice evaluation)."""
+DESCRIBE_QUESTION = "Describe the video from start to end."
 SCENE_COUNT_OPTIONS: tuple[str, ...] = tuple(str(n) for n in range(2, 9))
 NUM_OPTIONS = 4
 EVENTS_PER_ORDER_QUESTION = 3
@@ -83,18 +89,41 @@ def _permutation_options(rng: np.random.Generator, items: list, fmt) -> tuple[st
     return right, _with_answer(rng, right, others)
 
 
+def describe_video(truth: dict) -> str:
+    """A dense caption of a toy-family video, in time order, from its truth JSON.
+
+    The first background, then every event's text (`cut`, `appear`, `move`, `disappear`; the same
+    texts as VICO's events) in time order, then the last background and the number of scenes, e.g.
+    "It starts on a teal background. A red circle appears at the top left. The scene cuts from a
+    teal background to a brown one. It ends on a brown background. It has 2 scenes."
+    """
+    from tasks.samples import _article
+    from vico_synth.extractors import clean_text
+
+    scenes = [s["background"] for s in truth["scenes"]]
+    parts = [f"It starts on {_article(scenes[0])} {scenes[0]} background."]
+    parts += [clean_text(ev["text"]) for ev in sorted(truth.get("events", []), key=lambda e: e["start_s"])]
+    parts.append(f"It ends on {_article(scenes[-1])} {scenes[-1]} background.")
+    parts.append(f"It has {len(scenes)} scene{'s' if len(scenes) != 1 else ''}.")
+    return " ".join(parts)
+
+
 def make_question(truth: dict, qtype: str, rng: np.random.Generator, video_key: str = "") -> QA | None:
     """One question of type `qtype` about the video of `truth`, or None when the video cannot pose it
     (`bg_order`/`bg_first` with one scene, `event_order` with fewer than 3 events, object questions
-    without exactly one object).
+    without exactly one object). `describe` (`TRAINING_TYPES`) has the caption as its only option.
 
     Raises:
         ValueError: an unknown `qtype`.
     """
     from tasks.samples import BACKGROUNDS, COLORS, SHAPES
 
-    if qtype not in QUESTION_TYPES:
-        raise ValueError(f"unknown question type {qtype!r}; one of {QUESTION_TYPES}")
+    if qtype not in TRAINING_TYPES:
+        raise ValueError(f"unknown question type {qtype!r}; one of {TRAINING_TYPES}")
+    if qtype == "describe":
+        key = video_key or str(truth.get("video") or truth.get("seed"))
+        caption = describe_video(truth)
+        return QA(id=f"{key}:describe", type="describe", question=DESCRIBE_QUESTION, answer=caption, options=(caption,))
     scenes = [s["background"] for s in truth["scenes"]]
     obj = truth.get("object")
     key = video_key or str(truth.get("video") or truth.get("seed"))

@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.options import JobOptions, flag, option
-from tasks.qa import QUESTION_TYPES
+from tasks.qa import QUESTION_TYPES, TRAINING_TYPES
 
 TOY_INIT = "toy-init"
 OBJECTIVES = ("answers", "frames")
@@ -110,7 +110,8 @@ class TrainConfig(JobOptions):
     planner: str = option("fixed", "--planner", help="Chunk planner while training: fixed, dynamic (CLIP windows "
                           "and ratios) or mixed (each sample draws one).")
     question_types: list[str] = option(None, "--question-types", split=",", default_factory=lambda: list(QUESTION_TYPES),
-                                       help="Comma-separated tasks.qa question types drawn for ground-truth videos "
+                                       help="Comma-separated tasks.qa question types drawn for ground-truth videos (and describe, "
+                                       "a dense caption) "
                                        "(default: all of them; a type given twice is drawn twice as often).")
     questions_per_sample: int = option(4, "--questions-per-sample", help="Question/answer turns per video and step "
                                        "(each against the same memory).")
@@ -165,8 +166,8 @@ class TrainConfig(JobOptions):
             bad(f"--trainable {self.trainable}: choose from {list(PARTS)}")
         if self.planner not in ("fixed", "dynamic", "mixed"):
             bad(f"--planner must be fixed, dynamic or mixed, got {self.planner!r}")
-        if set(self.question_types) - set(QUESTION_TYPES) or not self.question_types:
-            bad(f"--question-types {self.question_types}: choose from {list(QUESTION_TYPES)}")
+        if set(self.question_types) - set(TRAINING_TYPES) or not self.question_types:
+            bad(f"--question-types {self.question_types}: choose from {list(TRAINING_TYPES)}")
         if self.objective not in OBJECTIVES:
             bad(f"--objective must be one of {list(OBJECTIVES)}, got {self.objective!r}")
         if self.objective == "frames" and not set(self.trainable) & {"vision", "projector"}:
@@ -515,8 +516,8 @@ def _parse_toy(src: str) -> tuple[int, int, dict, str, tuple[str, ...] | None]:
                 plan_kw["scene_s"] = (float(lo), float(hi))
             elif key == "types" and types is None:
                 types = tuple(t.strip() for t in value.split(",") if t.strip())
-                if not types or set(types) - set(QUESTION_TYPES):
-                    raise TrainError("usage", f"data source {src!r}: types must be among {list(QUESTION_TYPES)}")
+                if not types or set(types) - set(TRAINING_TYPES):
+                    raise TrainError("usage", f"data source {src!r}: types must be among {list(TRAINING_TYPES)}")
             else:
                 raise ValueError(part)
     except (IndexError, ValueError):

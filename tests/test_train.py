@@ -437,3 +437,45 @@ def test_init_vision_puts_a_pretrained_tower_under_a_fresh_llm(tmp_path):
         assert err.value.kind == "model" and str(folder) in str(err.value)
     with pytest.raises(TrainError, match="--init-vision"):
         TrainConfig(out=str(tmp_path / "x"), init_vision=str(tmp_path / "missing")).validate()
+
+
+def test_the_describe_caption_tells_what_the_frames_show_in_order():
+    """`describe` (a training-only question type): read back from the caption, the backgrounds in
+    order and the object's colour and shape equal what the rendered frames show, read from every
+    frame's pixels (not from the truth's scenes); the scene count is the number of those backgrounds.
+    `describe` is accepted by `--question-types` and `types=`, and is not among the scored types."""
+    import re
+
+    from tasks.qa import DESCRIBE_QUESTION, QUESTION_TYPES, TRAINING_TYPES, make_question
+    from tasks.samples import BACKGROUNDS, COLORS, SHAPES, plan_toy_video, render_frames
+    from tasks.train import Item, parse_toy_source, sample_turns, toy_source_types
+
+    assert "describe" in TRAINING_TYPES and "describe" not in QUESTION_TYPES
+    by_rgb = {tuple(rgb): name for name, rgb in BACKGROUNDS.items()}
+    for seed in (21, 22, 23, 24):
+        plan = plan_toy_video(seed, width=160, height=120, fps=8)
+        shown, colours = [], set()
+        for frame in render_frames(plan):
+            bg = by_rgb[tuple(int(v) for v in frame[0, 0])]
+            if not shown or shown[-1] != bg:
+                shown.append(bg)
+            colours |= {n for n, rgb in COLORS.items() if (frame == np.array(rgb, dtype=np.uint8)).all(-1).any()}
+        qa = make_question(plan, "describe", np.random.default_rng(0))
+        text = qa.answer
+        assert qa.question == DESCRIBE_QUESTION and qa.options == (text,)
+        start = re.match(r"It starts on an? ([a-z ]+?) background\.", text).group(1)
+        cuts = re.findall(r"The scene cuts from an? ([a-z ]+?) background to an? ([a-z ]+?) one\.", text)
+        read = [start] + [b for _, b in cuts]
+        assert all(a == read[i] for i, (a, _) in enumerate(cuts)), text  # the cuts chain up
+        assert read == shown, (seed, text)
+        assert re.search(r"It ends on an? ([a-z ]+?) background\.", text).group(1) == shown[-1]
+        assert text.endswith(f"It has {len(shown)} scenes.")
+        appear = re.search(r"An? ([a-z ]+) (" + "|".join(SHAPES) + r") appears", text)
+        assert {appear.group(1)} == colours and appear.group(2) == plan["object"]["shape"], (seed, text)
+
+    cfg = TrainConfig(out="unused", question_types=["describe", "bg_end"], questions_per_sample=2)
+    truth = plan_toy_video(1_000_000)
+    turns = sample_turns(Item(key="a", frames="", source="toy:4:1", truth=truth), 0, 0, cfg)
+    assert sorted(t.question for t in turns) == sorted([DESCRIBE_QUESTION, "What is the background colour at the end of the video?"])
+    assert toy_source_types("toy:4:1:types=describe") == ("describe",)
+    assert parse_toy_source("toy:4:1:types=describe") == parse_toy_source("toy:4:1")
