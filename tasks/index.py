@@ -424,6 +424,22 @@ class _Job:
     video_id: str
 
 
+DECODE_START_TIMEOUT_S = 300.0
+"""Seconds a decode task may wait for a Ray worker process before it is reported (`timeout`): the
+`--decode-timeout` clock starts only when the task runs (`tasks.workers.decode_stream`)."""
+
+
+@dataclass
+class _Decoding:
+    """A decode in flight: its streaming generator's next value is `stage` ("started", "meta" or
+    "frames"); `since` is when the current clock started (submission, then the task's start)."""
+
+    job: _Job
+    since: float
+    stage: str = "started"
+    meta: dict | None = None
+
+
 def _indexer_version() -> str:
     try:
         from importlib.metadata import version
@@ -678,7 +694,7 @@ class _Run:
 
         from tasks.fanout import FanOut, PoolError
 
-        self.decoding: dict = {}  # meta_ref -> (job, frames_ref, t0)
+        self.decoding: dict = {}  # ray.ObjectRefGenerator -> _Decoding
         self._progress("started")
         jobs = self._digest_all()  # reads every file once, while the actors load the model
         self.pool.on_ready = lambda info, _slot: self._check_worker(info)
@@ -723,10 +739,10 @@ class _Run:
                 j = queue.popleft()
                 if not self._take_lease(j):
                     continue
-                meta_ref, frames_ref = decode.remote(
+                gen = decode.remote(
                     j.path, fps=self.opt.fps, max_frames=self.opt.max_frames, frames=self.opt.frames,
                     model_tag=self.model_tag, decoder=self.opt.decoder)
-                self.decoding[meta_ref] = (j, frames_ref, time.monotonic())
+                self.decoding[gen] = _Decoding(j, time.monotonic())
             # 2. hand decoded videos to the least loaded ready actor
             try:
                 fan.dispatch()
@@ -797,36 +813,58 @@ class _Run:
                 pass
 
     def _cancel_overdue_decodes(self, done) -> None:
-        """Kill decodes running past `--decode-timeout` (SIGKILL of their Ray worker process)."""
+        """Kill decodes running past `--decode-timeout` (SIGKILL of their Ray worker process), counted
+        from the task's start in its worker; a task that has not started after
+        `DECODE_START_TIMEOUT_S` is given up too."""
         import ray
 
         now = time.monotonic()
-        for ref, (j, _frames_ref, t0) in list(self.decoding.items()):
-            if ref in done or now - t0 <= self.opt.decode_timeout_s:
+        for gen, d in list(self.decoding.items()):
+            started = d.stage != "started"
+            limit = self.opt.decode_timeout_s if started else max(DECODE_START_TIMEOUT_S, self.opt.decode_timeout_s)
+            if gen in done or now - d.since <= limit:
                 continue
-            ray.cancel(ref, force=True)
-            del self.decoding[ref]
-            self._fail(j.source_uri, j.video_id, "timeout",
-                       f"{j.path}: decoding took longer than {self.opt.decode_timeout_s:.0f} s and was killed; "
+            ray.cancel(gen, force=True)
+            del self.decoding[gen]
+            j = d.job
+            if started:
+                msg = (f"{j.path}: decoding took longer than {self.opt.decode_timeout_s:.0f} s and was killed; "
                        "check the file (`ffprobe`), re-encode it, or raise --decode-timeout")
+            else:
+                msg = (f"{j.path}: the decode task did not start within {limit:.0f} s (no Ray worker process "
+                       "came up); check the Ray logs (`ray logs`) and rerun")
+            self._fail(j.source_uri, j.video_id, "timeout", msg)
 
-    def _on_decoded(self, ref) -> None:
+    def _on_decoded(self, gen) -> None:
+        """The decode generator `gen` has its next value: the start marker (the timeout clock
+        restarts), `meta` (a failure is recorded) or the frames (handed to the encode stage)."""
         import ray
 
-        j, frames_ref, _t0 = self.decoding.pop(ref)
+        d = self.decoding[gen]
+        j = d.job
+        ref = next(gen)
+        if d.stage == "frames":
+            del self.decoding[gen]
+            from tasks.fanout import WorkItem
+
+            self.fan.put(WorkItem(key=j.video_id, payload=(d.meta, ref), context=j))
+            return
         try:
-            meta = ray.get(ref)
-        except ray.exceptions.RayError as exc:  # the decode task's worker died repeatedly
+            value = ray.get(ref)
+        except ray.exceptions.RayError as exc:  # the decode task's worker died (max_retries=0)
+            del self.decoding[gen]
             self._fail(j.source_uri, j.video_id, "crashed",
                        f"{j.path}: the decode task died ({type(exc).__name__}); re-encode the file or remove it")
             return
-        self.report.stage_seconds["decode"] += float(meta.get("decode_s") or 0.0)
-        if not meta["ok"]:
-            self._fail(j.source_uri, j.video_id, meta["error_kind"], meta["error"])
+        if d.stage == "started":
+            d.stage, d.since = "meta", time.monotonic()
             return
-        from tasks.fanout import WorkItem
-
-        self.fan.put(WorkItem(key=j.video_id, payload=(meta, frames_ref), context=j))
+        self.report.stage_seconds["decode"] += float(value.get("decode_s") or 0.0)
+        if not value["ok"]:
+            del self.decoding[gen]
+            self._fail(j.source_uri, j.video_id, value["error_kind"], value["error"])
+            return
+        d.stage, d.meta = "frames", value
 
     def _on_encoded(self, out) -> None:
         """A `tasks.fanout.Outcome` of the encode stage: write the memory, or the failure."""

@@ -9,9 +9,9 @@ Pure functions first (usable without Ray: tests, benchmarks), then their Ray wra
   `VSTMemory`; returns an `EncodedVideo` (memory on the CPU, plan, per-window CLIP means, timings).
 - `decode_job(path, ...)`: `tasks.video.decode` turned into `(meta, frames)` where a
   `DecodeError` becomes `meta["error_kind"]` instead of an exception (so one bad file is a value).
-- `decode_remote()`: `decode_job` as a Ray task with two returns; the driver reads only the small
-  `meta` and hands the `frames` reference straight to an encode actor (frames never travel through
-  the driver).
+- `decode_remote()`: `decode_job` as a Ray streaming generator task (a start marker, `meta`,
+  `frames`); the driver reads only the small marker and `meta` and hands the `frames` reference
+  straight to an encode actor (frames never travel through the driver).
 - `encode_worker_class()`: the `EncodeWorker` Ray actor class (see docs/ARCHITECTURE.md).
 
 No Prefect here: Ray workers never run Prefect's engine (ECOSYSTEM.md).
@@ -194,18 +194,36 @@ DECODE_MAX_CALLS = 16
 4K input, dmlc/decord#197 and #208)."""
 
 
-def decode_remote():
-    """`decode_job` as a Ray remote function with `num_returns=2` (meta, frames).
+def decode_stream(path: str, **kwargs):
+    """`decode_job` as a generator of three values, for a Ray streaming generator task.
 
-    `num_cpus=0`: the driver bounds the decodes in flight, so decoding never waits behind encode
-    actors that hold every logical CPU. `max_retries=0`: a file that kills its decoder is reported
-    (kind `crashed`), not retried.
+    Yields, in order: `{"started": unix time, "pid": worker pid}` as soon as the task runs in its
+    worker process (the driver starts `--decode-timeout` here, not at submission: a cold Ray worker
+    start on loaded cores took over 20 s and a good file was reported as timed out), then `meta`,
+    then `frames` (both as `decode_job` returns them; frames None on failure).
+    """
+    yield {"started": time.time(), "pid": os.getpid()}
+    meta, frames = decode_job(path, **kwargs)
+    yield meta
+    yield frames
+
+
+def decode_remote():
+    """`decode_stream` as a Ray streaming generator task (`ray.ObjectRefGenerator` of 3 refs).
+
+    The driver reads the small start marker and `meta` and hands the `frames` reference straight to
+    an encode actor (frames never travel through the driver); `ray.wait` takes the generator itself
+    (ready when its next value is). `num_cpus=0`: the driver bounds the decodes in flight, so
+    decoding never waits behind encode actors that hold every logical CPU. `max_retries=0`: a file
+    that kills its decoder is reported (kind `crashed`), not retried: the next value's `ray.get`
+    raises `ray.exceptions.RayError`.
     """
     global _DECODE_REMOTE
     if _DECODE_REMOTE is None:
         import ray
 
-        _DECODE_REMOTE = ray.remote(num_returns=2, num_cpus=0, max_retries=0, max_calls=DECODE_MAX_CALLS)(decode_job)
+        _DECODE_REMOTE = ray.remote(num_returns="streaming", num_cpus=0, max_retries=0,
+                                    max_calls=DECODE_MAX_CALLS)(decode_stream)
     return _DECODE_REMOTE
 
 

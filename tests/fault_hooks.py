@@ -75,7 +75,15 @@ def crashing_decode(path, **kwargs):
 
 def install_decode_fault() -> None:
     """Ray `worker_process_setup_hook`: make `tasks.video.decode` apply `$VXL_TEST_DECODE_FAULT`
-    (the index pipeline decodes in Ray workers, so the fault must be installed there)."""
+    (the index pipeline decodes in Ray workers, so the fault must be installed there).
+
+    `$VXL_TEST_WORKER_START_DELAY` seconds: every worker process sleeps this long first, as a cold
+    worker start on loaded cores does (the decode timeout must not count it)."""
+    delay = float(os.environ.get("VXL_TEST_WORKER_START_DELAY", "0") or 0)
+    if delay > 0:
+        import time
+
+        time.sleep(delay)
     fault = os.environ.get(DECODE_FAULT_ENV, "")
     if not fault:
         return

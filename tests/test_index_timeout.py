@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent("""
              runtime_env={{"env_vars": {{"PYTHONPATH": {repo!r}}},
                           "worker_process_setup_hook": "tests.fault_hooks.install_decode_fault"}})
     ensure_ray()  # joins the Ray initialised above
-    rep = run_index([{videos!r}], {archive!r}, make_options("tiny", max_frames=6, workers=1, decode_timeout_s=20.0))
+    rep = run_index([{videos!r}], {archive!r}, make_options("tiny", max_frames=6, workers=1, decode_timeout_s={timeout}))
     print(json.dumps({{"exit": rep.exit_code, "indexed": [v["source_uri"] for v in rep.indexed],
                       "failed": rep.failed}}))
     ray.shutdown()
@@ -41,14 +41,17 @@ def test_stuck_or_crashing_decode_is_reported_and_the_run_finishes(tmp_path, fau
 
     videos = tmp_path / "videos"
     make_sample_videos(videos, count=1, seconds=4.0, seed=5)
-    # decode timeout 20 s (was 4, then 12 s): it counts from submission, so it includes a cold Ray worker start,
-    # which took over 4 s on 2 loaded cores (a good file was reported as timed out), and under
-    # pytest-xdist another test module's Ray shares those cores
+    # the decode timeout counts from the task's start in its worker, not from submission: a cold Ray
+    # worker start took over 20 s on CI's 2 loaded cores (pytest-xdist runs other Ray tests beside
+    # this one) and the good file was reported as timed out. The hang case makes every worker start
+    # take longer than the timeout (a setup hook sleeps), so counting from submission fails it.
+    timeout_s, start_delay_s = 15.0, (18.0 if fault == "hang" else 0.0)
     shutil.copy(videos / "sample_00.mp4", videos / "stuck.mp4")
     with open(videos / "stuck.mp4", "ab") as f:
         f.write(b"\0")  # another video id
-    env = {**os.environ, "VXL_TEST_DECODE_FAULT": f"{fault}:stuck.mp4", "RAY_AUTH_MODE": "disabled"}
-    code = SCRIPT.format(repo=str(REPO), videos=str(videos), archive=str(tmp_path / "archive"))
+    env = {**os.environ, "VXL_TEST_DECODE_FAULT": f"{fault}:stuck.mp4", "RAY_AUTH_MODE": "disabled",
+           "VXL_TEST_WORKER_START_DELAY": str(start_delay_s)}
+    code = SCRIPT.format(repo=str(REPO), videos=str(videos), archive=str(tmp_path / "archive"), timeout=timeout_s)
     t0 = time.monotonic()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
