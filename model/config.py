@@ -281,7 +281,7 @@ def tiny_config() -> VideoXLConfig:
 
 
 def toy_config(vocab_size: int, bos_token_id: int, eos_token_id: int, *, image_size: int = 64,
-               window_frames: int = 8, compressor: str = "vst") -> VideoXLConfig:
+               window_frames: int = 8, compressor: str = "vst", layers: int = 4) -> VideoXLConfig:
     """The `toy` model's architecture: Video-XL's mechanism at a size that trains on 2 CPU cores.
 
     64 px frames, patch 8 -> 8x8 patches, 2x2 pooling -> 16 visual tokens per frame; windows of
@@ -296,6 +296,7 @@ def toy_config(vocab_size: int, bos_token_id: int, eos_token_id: int, *, image_s
         image_size: frame side in pixels (patch 8, 2x2 pooling: `(image_size / 16)^2` tokens per frame).
         window_frames: frames per window (`beacon_window` = window_frames x tokens per frame).
         compressor: `vxl_compressor` ("vst", or "pool" for the pooling baseline of issue 13).
+        layers: Qwen2 decoder layers (4 by default; each one more layer of VST K/V in the memory).
     """
     vision = dict(
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -306,7 +307,7 @@ def toy_config(vocab_size: int, bos_token_id: int, eos_token_id: int, *, image_s
         vocab_size=vocab_size,
         hidden_size=128,
         intermediate_size=384,
-        num_hidden_layers=4,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=4096,

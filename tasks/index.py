@@ -56,7 +56,8 @@ class IndexOptions:
         ray_address: Ray cluster address; None: `RAY_ADDRESS`, else a local Ray.
         force: re-index videos already indexed (or failed) for this model fingerprint.
         retry_failed: retry videos whose earlier indexing failed.
-        decode_timeout_s: seconds before a decode (its Ray worker process) is killed.
+        decode_timeout_s: seconds a decode may run (from its start in its Ray worker process) before
+            that process is killed.
         max_attempts: encode attempts per video when workers die (then `worker_crashed`).
         in_flight_per_worker: encode calls queued per actor (2: the next video's frames arrive
             while the current one encodes).
@@ -184,7 +185,7 @@ class IndexJobOptions(JobOptions):
                                      "else a private local Ray).")
     force: bool = option(False, "--force", help="Re-index videos already in the archive for this model.")
     retry_failed: bool = option(False, "--retry-failed", help="Retry videos whose indexing failed before.")
-    decode_timeout_s: float = option(120.0, "--decode-timeout", help="Kill a video's decode after S seconds.")
+    decode_timeout_s: float = option(120.0, "--decode-timeout", help="Kill a video's decode S seconds after it started.")
     decoder: str = option("auto", "--decoder", help="Video decoder: 'auto' (torchcodec where installed, else "
                           "pyav), 'pyav', 'decord' or 'torchcodec'; each falls back to pyav where it is not "
                           "frame-exact.")

@@ -86,7 +86,7 @@ class TrainConfig(JobOptions):
                              "(repeatable): toy:COUNT[:SEED][:scenes=N][:seconds=A-B][:types=T1,T2], a folder of videos with "
                              "NAME.json ground truth, or a LLaVA .json/.jsonl. Default toy:400.")
     model: str = option(TOY_INIT, "--model", help="'toy-init' (a fresh toy-size model; "
-                        "toy-init:image_size=N,window_frames=N,compressor=vst|pool to change its shape, pool being "
+                        "toy-init:image_size=N,window_frames=N,layers=N,compressor=vst|pool to change its shape, pool being "
                         "the pooling baseline) or a Video-XL checkpoint folder to fine-tune.")
     init_vision: str | None = option(None, "--init-vision", help="A checkpoint folder whose vision tower and "
                                      "projector replace --model's before training (as LLaVA/Video-XL load "
@@ -238,8 +238,9 @@ def toy_corpus() -> list[str]:
 
 
 def parse_toy_init(spec: str) -> dict:
-    """`toy-init` or `toy-init:image_size=32,window_frames=16,compressor=pool` -> `toy_config`
-    keyword arguments (`compressor=pool`: the pooling baseline of issue 13's ablation 1).
+    """`toy-init` or `toy-init:image_size=32,window_frames=16,layers=6,compressor=pool` -> `toy_config`
+    keyword arguments (`compressor=pool`: the pooling baseline of issue 13's ablation 1; `layers`:
+    the LLM's decoder layers).
 
     Raises:
         TrainError(kind="usage"): not of that form.
@@ -250,13 +251,13 @@ def parse_toy_init(spec: str) -> dict:
         return {}
     head, _, rest = spec.partition(":")
     bad = TrainError("usage", f"--model {spec!r}: expected {TOY_INIT} or "
-                     f"{TOY_INIT}:image_size=N,window_frames=N,compressor={'|'.join(COMPRESSORS)}")
+                     f"{TOY_INIT}:image_size=N,window_frames=N,layers=N,compressor={'|'.join(COMPRESSORS)}")
     if head != TOY_INIT or not rest:
         raise bad
     out: dict = {}
     for part in rest.split(","):
         k, _, v = part.partition("=")
-        if k in ("image_size", "window_frames") and v.isdigit():
+        if k in ("image_size", "window_frames", "layers") and v.isdigit() and int(v) > 0:
             out[k] = int(v)
         elif k == "compressor" and v in COMPRESSORS:
             out[k] = v
@@ -267,7 +268,7 @@ def parse_toy_init(spec: str) -> dict:
 
 def fresh_toy_model(seed: int = 0, device=None, **arch):
     """A `toy` VideoXL with fresh weights (`model.training.init_state`) and the toy tokenizer;
-    `arch`: `toy_config` keyword arguments (image_size, window_frames, compressor)."""
+    `arch`: `toy_config` keyword arguments (image_size, window_frames, compressor, layers)."""
     import torch
 
     from model.checkpoint import build_from_state

@@ -106,6 +106,11 @@ def test_the_pooling_baseline_trains_through_the_same_forward():
     assert parse_toy_init("toy-init:compressor=pool") == {"compressor": "pool"}
     with pytest.raises(TrainError, match="compressor=vst|pool"):
         parse_toy_init("toy-init:compressor=qformer")
+    with pytest.raises(TrainError, match="layers=N"):
+        parse_toy_init("toy-init:layers=0")
+    deep = fresh_toy_model(seed=3, **parse_toy_init("toy-init:layers=6"))
+    assert deep.config.num_hidden_layers == 6 and len(deep.model.model.layers) == 6
+    assert deep.encode(_frames(deep, n=8, seed=4), deep.plan(8, ratio=8)).kv().shape[0] == 6
     vx = fresh_toy_model(seed=3, **parse_toy_init("toy-init:compressor=pool"))
     assert vx.config.vxl_compressor == "pool"
     frames = _frames(vx, n=20, seed=4)
