@@ -197,12 +197,12 @@ DECODE_MAX_CALLS = 16
 def decode_stream(path: str, **kwargs):
     """`decode_job` as a generator of three values, for a Ray streaming generator task.
 
-    Yields, in order: `{"started": unix time, "pid": worker pid}` as soon as the task runs in its
-    worker process (the driver starts `--decode-timeout` here, not at submission: a cold Ray worker
-    start on loaded cores took over 20 s and a good file was reported as timed out), then `meta`,
-    then `frames` (both as `decode_job` returns them; frames None on failure).
+    Yields, in order: None (the start marker) as soon as the task runs in its worker process (the
+    driver starts `--decode-timeout` here, not at submission: a cold Ray worker start on loaded
+    cores took over 20 s and a good file was reported as timed out), then `meta`, then `frames`
+    (both as `decode_job` returns them; frames None on failure).
     """
-    yield {"started": time.time(), "pid": os.getpid()}
+    yield None
     meta, frames = decode_job(path, **kwargs)
     yield meta
     yield frames
