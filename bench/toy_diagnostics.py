@@ -62,17 +62,20 @@ def frames(args) -> dict:
     state = torch.load(Path(args.checkpoint) / "trainer_state.pt", map_location="cpu", weights_only=False)
     head = torch.nn.Linear(vx.config.hidden_size, sum(FRAME_LABELS.values()))
     head.load_state_dict(state["head"])
+    pool = state["config"].get("frame_pool", "max")  # the --frame-pool it was trained with
     hits: dict[str, list[bool]] = {k: [] for k in FRAME_LABELS}
     for i in range(args.videos):
         truth, idx, fr = _sampled(args.seeds + i)
         labels = frame_labels(truth, idx)
         with torch.no_grad():
             feats = vx.vision_features(fr)
-            logits = head(feats.view(len(fr), -1, feats.shape[-1]).amax(1))
+            tokens = feats.view(len(fr), -1, feats.shape[-1])
+            # `max`: one prediction per frame; `token`: every visual token's own prediction
+            logits = head(tokens.amax(1)) if pool == "max" else head(tokens).flatten(0, 1)
         start = 0
         for name, k in FRAME_LABELS.items():
             pred = logits[:, start : start + k].argmax(1).numpy()
-            y = labels[name]
+            y = labels[name] if pool == "max" else np.repeat(labels[name], tokens.shape[1])
             hits[name] += list(pred[y >= 0] == y[y >= 0])
             start += k
     return {k: {"correct": int(sum(v)), "total": len(v), "accuracy": float(np.mean(v))} for k, v in hits.items()}

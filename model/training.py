@@ -75,7 +75,14 @@ def turn_logits(vx, memory, question: str, answer_ids: list[int]) -> torch.Tenso
     return vx.model.step(vx._embed_ids(feed), cache, logits_for_last=len(answer_ids))  # (A, V) float32
 
 
-def sample_loss(vx, frames, plan: ChunkPlan, turns: list[Turn], *, checkpoint_windows: bool = False) -> tuple[torch.Tensor, int, list[TurnLoss]]:
+LOSS_WEIGHTINGS = ("token", "turn")
+"""How `sample_loss` averages a sample's answer tokens: `token` (every answer token counts the same,
+LLaVA's and Video-XL's loss) or `turn` (each question's mean token loss, then the mean over the
+sample's questions, so a one-word answer weighs as much as a 90-token caption)."""
+
+
+def sample_loss(vx, frames, plan: ChunkPlan, turns: list[Turn], *, checkpoint_windows: bool = False,
+                weighting: str = "token") -> tuple[torch.Tensor, int, list[TurnLoss]]:
     """The training forward of one sample: encode `frames` with `plan`, then every turn against the memory.
 
     Args:
@@ -84,15 +91,20 @@ def sample_loss(vx, frames, plan: ChunkPlan, turns: list[Turn], *, checkpoint_wi
         plan: a `ChunkPlan` covering the F frames.
         turns: at least one question/answer turn.
         checkpoint_windows: recompute each window in backward (`VideoXL.encode_memory`).
+        weighting: `token` or `turn` (`LOSS_WEIGHTINGS`).
     Returns:
-        `(loss, num_tokens, per_turn)`: `loss` is the mean cross-entropy per answer token of the
-        sample (a 0-dim float32 tensor with grad when grad is enabled), `num_tokens` the answer
-        tokens counted, `per_turn` each turn's summed loss and logits.
+        `(loss, num_tokens, per_turn)`: `loss` is the sample's mean cross-entropy per answer token
+        (`token`) or the mean over turns of each turn's mean per token (`turn`), a 0-dim float32
+        tensor with grad when grad is enabled; `num_tokens` the answer tokens counted, `per_turn`
+        each turn's summed loss and logits.
     Raises:
-        ValueError: no turns, an empty question or answer, bad frames or plan (see `VideoXL.encode`).
+        ValueError: no turns, an empty question or answer, bad frames or plan (see `VideoXL.encode`),
+            an unknown `weighting`.
     """
     if not turns:
         raise ValueError("a training sample needs at least one question/answer turn")
+    if weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
     memory = vx.encode_memory(frames, plan, checkpoint_windows=checkpoint_windows)
     per_turn = []
     total = None
@@ -103,19 +115,30 @@ def sample_loss(vx, frames, plan: ChunkPlan, turns: list[Turn], *, checkpoint_wi
         tgt = torch.tensor(target, device=logits.device)
         loss_sum = torch.nn.functional.cross_entropy(logits, tgt, reduction="sum")
         per_turn.append(TurnLoss(loss_sum, len(target), logits))
-        total = loss_sum if total is None else total + loss_sum
+        part = loss_sum if weighting == "token" else loss_sum / len(target)
+        total = part if total is None else total + part
         count += len(target)
-    return total / count, count, per_turn
+    return total / (count if weighting == "token" else len(turns)), count, per_turn
+
+
+FRAME_POOLS = ("max", "token")
+"""How `frame_label_loss` reads a frame's visual tokens: `max` (one prediction per frame, from the
+max over its tokens) or `token` (every token predicts the frame's labels)."""
 
 
 def frame_label_loss(vx, frames, labels: dict[str, torch.Tensor], head: torch.nn.Linear,
-                     groups: dict[str, int]) -> torch.Tensor:
+                     groups: dict[str, int], pool: str = "max") -> torch.Tensor:
     """The vision pretraining objective (`--objective frames`): per-frame labels from the visual tokens.
 
     Each frame's visual tokens, as the LLM receives them (vision tower, projector, spatial pooling:
-    `VideoXL._vision_features`), are max-pooled over the frame's tokens and classified by `head`, one
-    softmax per label group. Max pooling rewards a token that carries a small object on its own,
-    which is what the VSTs must later pick out of a window. This stands in for the contrastive
+    `VideoXL._vision_features`), are classified by `head`, one softmax per label group:
+    - `pool="max"`: the max over the frame's tokens, one prediction per frame. It rewards a token
+      that carries a small object on its own, which the VSTs must then pick out of a window.
+    - `pool="token"`: every token predicts the whole frame's labels (the loss is the mean over
+      tokens). Each token then carries what the frame shows, as a pretrained CLIP's patch tokens
+      carry global content, so a VST that averages a window (what its attention does before it is
+      trained) already holds the object; docs/EVALUATION.md ("Ninth session") measures both.
+    This stands in for the contrastive
     pretraining the real CLIP tower had (Video-XL starts from a pretrained CLIP ViT-L/14-336); the
     toy tower starts from random weights.
 
@@ -125,21 +148,31 @@ def frame_label_loss(vx, frames, labels: dict[str, torch.Tensor], head: torch.nn
         labels: per group, int64 `(F,)` class indices, -1 where the frame has no label.
         head: `Linear(hidden_size, sum(groups.values()))`.
         groups: group name -> number of classes, in the order of `head`'s outputs.
+        pool: `max` or `token` (`FRAME_POOLS`).
     Returns:
-        0-dim float32: the sum over groups of the mean cross-entropy over the frames labelled in
-        that group (groups with no labelled frame add nothing).
+        0-dim float32: the sum over groups of the mean cross-entropy over the frames (`max`) or the
+        tokens (`token`) labelled in that group (groups with no labelled frame add nothing).
     Raises:
-        ValueError: a label array whose length is not F, or no group with a labelled frame.
+        ValueError: a label array whose length is not F, no group with a labelled frame, or an
+            unknown `pool`.
     """
+    if pool not in FRAME_POOLS:
+        raise ValueError(f"pool must be one of {FRAME_POOLS}, got {pool!r}")
     frames = vx._check_frames(frames)
     f = int(frames.shape[0])
     feats = vx._vision_features(frames)  # (F * N, C)
-    logits = head(feats.view(f, -1, feats.shape[-1]).amax(dim=1).float())  # (F, sum(groups))
+    tokens = feats.shape[0] // f
+    if pool == "max":
+        logits = head(feats.view(f, tokens, feats.shape[-1]).amax(dim=1).float())  # (F, sum(groups))
+    else:
+        logits = head(feats.float())  # (F * N, sum(groups)), frame-major as _vision_features returns them
     total, start = None, 0
     for name, k in groups.items():
         y = labels[name].to(logits.device)
         if y.shape != (f,):
             raise ValueError(f"labels[{name!r}] has shape {tuple(y.shape)}, expected ({f},)")
+        if pool == "token":
+            y = y.repeat_interleave(tokens)
         if bool((y >= 0).any()):
             loss = torch.nn.functional.cross_entropy(logits[:, start : start + k], y, ignore_index=-1)
             total = loss if total is None else total + loss

@@ -660,7 +660,7 @@ def scene_at(truth: dict, t: float) -> dict:
 
 
 FRAME_LABELS: dict[str, int] = {"background": len(BACKGROUNDS), "object_present": 2, "object_color": len(COLORS),
-                                "object_shape": len(SHAPES)}
+                                "object_shape": len(SHAPES), "object_position": len(POSITIONS)}
 """The per-frame label groups of `frame_labels` and their class counts (`--objective frames`)."""
 
 
@@ -676,7 +676,8 @@ def frame_labels(truth: dict, frame_indices) -> dict[str, np.ndarray]:
         frame_indices: int (F,) frame indices into the video (as `tasks.video.sample_indices` gives).
     Returns:
         int64 (F,) arrays: `background` (index into `BACKGROUNDS`), `object_present` (0/1),
-        `object_color` and `object_shape` (index into `COLORS` / `SHAPES`; -1 when no object shows).
+        `object_color`, `object_shape` and `object_position` (index into `COLORS` / `SHAPES` /
+        `POSITIONS`; -1 when no object shows, and for the position while a `move` glides).
     Raises:
         ValueError: an index outside the video, or a background/colour/shape name not in the tables.
     """
@@ -690,14 +691,21 @@ def frame_labels(truth: dict, frame_indices) -> dict[str, np.ndarray]:
         background[(idx >= sc["frame_start"]) & (idx < sc["frame_end"])] = bg_names.index(sc["background"])
     color = np.full(idx.shape, -1, dtype=np.int64)
     shape = np.full(idx.shape, -1, dtype=np.int64)
+    position = np.full(idx.shape, -1, dtype=np.int64)
+    positions = list(POSITIONS)
+    starts = sorted({e["frame"] for e in truth["events"]}) + [n]
     for ev in sorted((e for e in truth["events"] if e["kind"] != "cut"), key=lambda e: e["frame"]):
         after = idx >= ev["frame"]
         if ev["kind"] == "disappear":
-            color[after], shape[after] = -1, -1
+            color[after], shape[after], position[after] = -1, -1, -1
         else:
             color[after], shape[after] = colors.index(ev["color"]), SHAPES.index(ev["shape"])
+            position[after] = positions.index(ev["position"])
+            if ev["kind"] == "move":  # `render_frames` glides it there until the frame before the next event
+                end = next(s for s in starts if s > ev["frame"])
+                position[after & (idx < end - 1)] = -1
     return {"background": background, "object_present": (color >= 0).astype(np.int64), "object_color": color,
-            "object_shape": shape}
+            "object_shape": shape, "object_position": position}
 
 
 __all__ = [

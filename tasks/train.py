@@ -118,6 +118,12 @@ class TrainConfig(JobOptions):
     objective: str = option("answers", "--objective", help="answers (the answer-token loss: Video-XL's training) or "
                             "frames (vision pretraining: the vision tower and projector learn each frame's "
                             "ground-truth background and object; truth-JSON data only).")
+    loss_weighting: str = option("token", "--loss-weighting", help="token (every answer token of a sample counts "
+                                 "the same: LLaVA's loss) or turn (each question's mean token loss, averaged over the "
+                                 "sample's questions: a one-word answer weighs as much as a long caption).")
+    frame_pool: str = option("max", "--frame-pool", help="With --objective frames: max (one prediction per frame "
+                             "from the max over its visual tokens) or token (every visual token predicts its frame's "
+                             "labels, so each token carries what the frame shows).")
     fps: float = option(1.0, "--fps", help="Sampled frames per second of video (as vxl index).")
     max_frames: int = option(128, "--max-frames", help="At most this many frames per video.")
     checkpoint_every: int = option(100, "--checkpoint-every", help="Steps between checkpoints (0: only at the end).")
@@ -137,7 +143,7 @@ class TrainConfig(JobOptions):
 
     def validate(self) -> None:
         """Raise TrainError(kind="usage") naming the option that no run can satisfy."""
-        from model.training import PARTS, Curriculum
+        from model.training import FRAME_POOLS, LOSS_WEIGHTINGS, PARTS, Curriculum
 
         def bad(msg: str):
             raise TrainError("usage", msg)
@@ -170,6 +176,10 @@ class TrainConfig(JobOptions):
             bad(f"--question-types {self.question_types}: choose from {list(TRAINING_TYPES)}")
         if self.objective not in OBJECTIVES:
             bad(f"--objective must be one of {list(OBJECTIVES)}, got {self.objective!r}")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            bad(f"--loss-weighting must be one of {list(LOSS_WEIGHTINGS)}, got {self.loss_weighting!r}")
+        if self.frame_pool not in FRAME_POOLS:
+            bad(f"--frame-pool must be one of {list(FRAME_POOLS)}, got {self.frame_pool!r}")
         if self.objective == "frames" and not set(self.trainable) & {"vision", "projector"}:
             bad(f"--objective frames trains the vision tower and the projector; --trainable {self.trainable} has neither")
         if self.strategy not in ("ddp", "fsdp"):
@@ -622,16 +632,18 @@ def _train_forward_module():
     class TrainForward(torch.nn.Module):
         """forward(frames, plan, turns) = `model.training.sample_loss` (so DDP/FSDP see the forward)."""
 
-        def __init__(self, vx, checkpoint_windows: bool):
+        def __init__(self, vx, checkpoint_windows: bool, weighting: str = "token"):
             super().__init__()
             self.net = vx.model
             self.__dict__["vx"] = vx  # not a submodule: the parameters are `net`'s
             self.checkpoint_windows = checkpoint_windows
+            self.weighting = weighting
 
         def forward(self, frames, plan, turns):
             from model.training import sample_loss
 
-            loss, ntok, _ = sample_loss(self.vx, frames, plan, turns, checkpoint_windows=self.checkpoint_windows)
+            loss, ntok, _ = sample_loss(self.vx, frames, plan, turns, checkpoint_windows=self.checkpoint_windows,
+                                        weighting=self.weighting)
             return loss
 
     return TrainForward
@@ -644,17 +656,18 @@ def _frame_forward_module():
         """forward(frames, labels) = `model.training.frame_label_loss` (the head is a submodule, so
         DDP averages its gradients too)."""
 
-        def __init__(self, vx, head):
+        def __init__(self, vx, head, pool: str = "max"):
             super().__init__()
             self.net = vx.model
             self.head = head
+            self.pool = pool
             self.__dict__["vx"] = vx
 
         def forward(self, frames, labels):
             from model.training import frame_label_loss
             from tasks.samples import FRAME_LABELS
 
-            return frame_label_loss(self.vx, frames, labels, self.head, FRAME_LABELS)
+            return frame_label_loss(self.vx, frames, labels, self.head, FRAME_LABELS, self.pool)
 
     return FrameForward
 
@@ -753,9 +766,9 @@ def train_loop(cfg: TrainConfig, ctx: WorkerContext | None = None, items: list[I
         sched.load_state_dict(state["scheduler"])
         start, history = int(state["step"]), list(state["history"])
     if head is not None:
-        fwd = _frame_forward_module()(vx, head)
+        fwd = _frame_forward_module()(vx, head, cfg.frame_pool)
     else:
-        fwd = _train_forward_module()(vx, cfg.grad_checkpointing)
+        fwd = _train_forward_module()(vx, cfg.grad_checkpointing, cfg.loss_weighting)
     net = ctx.prepare_model(fwd) if ctx.prepare_model else fwd
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     params = [p for g in groups for p in g["params"]]

@@ -56,19 +56,31 @@ def test_loss_is_answer_cross_entropy_and_reaches_earlier_windows(toy):
     frames = _frames(vx, n=24, seed=1)
     plan = vx.plan(24, ratio=8)
     assert len(plan.windows) == 3
-    turns = [Turn("What colour is the circle?", "red"), Turn("How many scenes does the video have?", "3")]
+    turns = [Turn("What colour is the circle?", "red"),
+             Turn("In what order do the background colours appear?", "teal, then brown, then black")]
     memory = vx.encode_memory(frames, plan)  # with grad
     kv0 = memory.window_kv[0]
     assert kv0.requires_grad
-    loss_sum, count = 0.0, 0
+    loss_sum, count, turn_means = 0.0, 0, []
     for t in turns:  # independent: log-softmax of the logits, picked at the targets, by hand
         ids = answer_token_ids(vx, t.answer)
         lg = turn_logits(vx, memory, t.question, ids)
-        loss_sum = loss_sum - torch.log_softmax(lg, -1)[torch.arange(len(ids)), torch.tensor(ids)].sum()
+        this = -torch.log_softmax(lg, -1)[torch.arange(len(ids)), torch.tensor(ids)].sum()
+        loss_sum = loss_sum + this
         count += len(ids)
+        turn_means.append(this.item() / len(ids))
+    lengths = [len(answer_token_ids(vx, t.answer)) for t in turns]
+    assert lengths[1] > 2 * lengths[0]  # so the two weightings differ
     loss, ntok, per_turn = sample_loss(vx, frames, plan, turns)
-    assert ntok == count == sum(len(answer_token_ids(vx, t.answer)) for t in turns)
+    assert ntok == count == sum(lengths)
     assert abs(loss.item() - loss_sum.item() / count) <= 1e-5
+    # --loss-weighting turn: each question's mean per token, then the mean over questions
+    by_turn, ntok_turn, _ = sample_loss(vx, frames, plan, turns, weighting="turn")
+    assert ntok_turn == count
+    assert abs(by_turn.item() - sum(turn_means) / len(turns)) <= 1e-5
+    assert abs(by_turn.item() - loss.item()) > 1e-3
+    with pytest.raises(ValueError, match="weighting"):
+        sample_loss(vx, frames, plan, turns, weighting="sample")
     # the answer's gradient reaches the first window's VSTs, and window 2 depends on window 1's
     (g0,) = torch.autograd.grad(loss_sum, kv0, retain_graph=True)
     assert g0.abs().sum() > 0
@@ -236,6 +248,7 @@ def test_frame_labels_match_the_rendered_pixels():
     from tasks.samples import (
         BACKGROUNDS,
         COLORS,
+        POSITIONS,
         frame_labels,
         plan_sample_video,
         plan_toy_video,
@@ -256,11 +269,19 @@ def test_frame_labels_match_the_rendered_pixels():
             assert labels["object_present"][i] == len(shown), (plan["seed"], int(idx[i]), shown)
             if shown:
                 assert list(COLORS)[labels["object_color"][i]] == shown[0]
+                # the object's pixel centroid is nearest the labelled grid position's centre
+                ys, xs = np.nonzero((frame == np.array(COLORS[shown[0]], dtype=np.uint8)).all(-1))
+                h, w = frame.shape[:2]
+                nearest = min(POSITIONS, key=lambda n: (POSITIONS[n][0] * w - xs.mean()) ** 2
+                              + (POSITIONS[n][1] * h - ys.mean()) ** 2)
+                if labels["object_position"][i] >= 0:  # -1 while a move glides
+                    assert list(POSITIONS)[labels["object_position"][i]] == nearest, (plan["seed"], int(idx[i]))
+                    seen.add("position")
                 seen.add("object")
             else:
-                assert labels["object_color"][i] == labels["object_shape"][i] == -1
+                assert labels["object_color"][i] == labels["object_shape"][i] == labels["object_position"][i] == -1
             assert tuple(frame[0, 0]) == BACKGROUNDS[list(BACKGROUNDS)[labels["background"][i]]]
-    assert seen == {"object"}
+    assert seen == {"object", "position"}
     with pytest.raises(ValueError, match="frame indices"):
         frame_labels(plans[0], [plans[0]["num_frames"]])
 
@@ -289,7 +310,7 @@ def test_frames_objective_trains_only_the_vision_side_and_resumes(tmp_path):
     assert changed and all(k.startswith(("model.vision_tower.", "model.mm_projector.")) for k in changed), changed
     assert any(k.startswith("model.mm_projector.") for k in changed)
     state = torch.load(tmp_path / "full" / "checkpoints" / "step_000030" / "trainer_state.pt", weights_only=False)
-    assert state["head"]["weight"].shape[0] == 8 + 2 + 8 + 4
+    assert state["head"]["weight"].shape[0] == 8 + 2 + 8 + 4 + 9
     # interrupted right after the checkpoint at step 10, then rerun: it resumes there
     class Stop(Exception):
         pass
@@ -310,6 +331,52 @@ def test_frames_objective_trains_only_the_vision_side_and_resumes(tmp_path):
                                                      truth=None, turns=[["q", "a"]])])
     with pytest.raises(TrainError, match="--objective"):
         TrainConfig(out=str(tmp_path / "x"), objective="pixels").validate()
+    with pytest.raises(TrainError, match="--loss-weighting"):
+        TrainConfig(out=str(tmp_path / "x"), loss_weighting="sample").validate()
+    with pytest.raises(TrainError, match="--frame-pool"):
+        TrainConfig(out=str(tmp_path / "x"), objective="frames", frame_pool="mean").validate()
+
+
+@pytest.mark.timeout(120)
+def test_frame_label_loss_per_token_against_an_independent_cross_entropy():
+    """`frame_label_loss(pool="token")`: every visual token predicts its frame's labels. Against the
+    cross-entropy written out in numpy over `vision_features` (each token of frame f labelled with
+    f's labels; -1 labels skipped; one mean per group, summed); `pool="max"` against the same over
+    the per-frame max of the tokens."""
+    from model.training import frame_label_loss
+    from tasks.samples import FRAME_LABELS, frame_labels, plan_toy_video, render_frames
+    from tasks.video import sample_indices
+
+    vx = fresh_toy_model(seed=3)
+    plan = plan_toy_video(21, width=160, height=120, fps=8)
+    idx = sample_indices(plan["num_frames"], plan["fps"], fps=1.0, max_frames=12)
+    frames = np.stack(list(render_frames(plan, only=idx)))
+    labels = frame_labels(plan, idx)
+    assert (labels["object_color"] >= 0).any() and (labels["object_color"] < 0).any()  # both kinds of frame
+    head = torch.nn.Linear(vx.config.hidden_size, sum(FRAME_LABELS.values()))
+    torch.nn.init.normal_(head.weight, std=0.5)
+    with torch.no_grad():
+        feats = vx.vision_features(frames).double().numpy()  # (F * N, C)
+        w, b = head.weight.double().numpy(), head.bias.double().numpy()
+        got = {pool: float(frame_label_loss(vx, frames, {k: torch.from_numpy(v) for k, v in labels.items()},
+                                            head, FRAME_LABELS, pool)) for pool in ("token", "max")}
+    f = len(idx)
+    per_frame = feats.reshape(f, -1, feats.shape[-1])
+    for pool, x, y_of in (("token", feats, lambda y: np.repeat(y, per_frame.shape[1])),
+                          ("max", per_frame.max(axis=1), lambda y: y)):
+        logits = x @ w.T + b
+        want, start = 0.0, 0
+        for name, k in FRAME_LABELS.items():
+            z = logits[:, start : start + k]
+            logp = z - z.max(1, keepdims=True) - np.log(np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True))
+            y = y_of(labels[name])
+            keep = y >= 0
+            want += -logp[keep, y[keep]].mean()
+            start += k
+        assert got[pool] == pytest.approx(want, rel=1e-5), pool
+    assert got["token"] != pytest.approx(got["max"], rel=1e-3)
+    with pytest.raises(ValueError, match="pool"):
+        frame_label_loss(vx, frames, {k: torch.from_numpy(v) for k, v in labels.items()}, head, FRAME_LABELS, "mean")
 
 
 def test_toy_source_parameters_narrow_the_family(tmp_path):
