@@ -1,12 +1,12 @@
 """The shipped `toy` model (issue 12): it loads by name, and answers the toy question family about
 videos it never saw (fresh seeds, real H.264 / VP9 / MPEG-4 files at several resolutions and frame
-rates, decoded and planned as `vxl index` does) clearly better than chance.
+rates, decoded and planned as `vxl index` does) at the issue's >= 85% overall.
 
-The issue's target (>= 85% here, >= 90% per type in docs) is NOT met by the model trained so far:
-it measures 70% on this set against about 29% for chance (background and scene questions 83-100%,
-object colour and shape at chance; docs/EVALUATION.md). This test guards what the shipped
-checkpoint does (the set is seeded, so its accuracy is a fixed number); raise `MIN_ACCURACY` when a
-better model is committed."""
+The model of 2026-12-07 (`make toy-model`, docs/EVALUATION.md "Ninth session") measures 40 / 47 =
+85.1% on this set against about 29% for chance: every type 6 / 6 except scene count (2 / 6) and
+event order (2 / 5). The issue's per-type target (>= 90% on every type, docs) is not met for those
+two. The set is seeded, so its accuracy is a fixed number; the closest correct answer wins by
+0.066 nats of option log-likelihood, far above float noise."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import pytest
 from tasks.qa import QUESTION_TYPES, accuracy_by_type, evaluate_videos
 from tasks.samples import make_toy_videos
 
-HELD_OUT_SEED = 5_000_000  # training used toy:800 (seeds 0..799) and toy:3200:1 (1_000_000..1_003_199)
-MIN_ACCURACY = 0.62  # measured 0.70 (33/47) on this set (docs/EVALUATION.md); chance is about 0.29
+HELD_OUT_SEED = 5_000_000  # training used toy:800 (seeds 0..799) and toy:800:3 (3_000_000..3_000_799)
+MIN_ACCURACY = 0.85  # issue 12's CI threshold; measured 0.851 (40/47) on this set; chance is about 0.29
 
 
 @pytest.fixture(scope="module")
