@@ -138,9 +138,9 @@ def frame_label_loss(vx, frames, labels: dict[str, torch.Tensor], head: torch.nn
       tokens). Each token then carries what the frame shows, as a pretrained CLIP's patch tokens
       carry global content, so a VST that averages a window (what its attention does before it is
       trained) already holds the object; docs/EVALUATION.md ("Ninth session") measures both.
-    This stands in for the contrastive
-    pretraining the real CLIP tower had (Video-XL starts from a pretrained CLIP ViT-L/14-336); the
-    toy tower starts from random weights.
+
+    This stands in for the contrastive pretraining the real CLIP tower had (Video-XL starts from a
+    pretrained CLIP ViT-L/14-336); the toy tower starts from random weights.
 
     Args:
         vx: a `VideoXL`.
