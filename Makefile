@@ -45,10 +45,13 @@ lint: install
 
 # The toy model of model/weights/toy, from scratch (docs/EVALUATION.md, "Ninth session"): the vision
 # tower learns each frame's labels (max over its tokens, then every token), then a fresh LLM learns
-# every question type on it with each question weighing the same. TOY_OUT/llm/final is the model.
+# every question type on it with each question weighing the same, then 400 steps more with scene count
+# and event order asked more often. TOY_OUT/llm2/final is the model.
 TOY_OUT ?= runs/toy-model
 TOY_LLM_STEPS ?= 1000
 TOY_TYPES := bg_start,bg_end,object_color,object_shape,scene_count,bg_order,bg_first,event_order,describe
+# stage 4: scene count and event order drawn three times as often, "which comes first" twice
+TOY_TYPES_COUNT := bg_start,bg_end,object_color,object_shape,scene_count,scene_count,scene_count,bg_order,bg_first,bg_first,event_order,event_order,event_order,describe
 toy-model: install
 	$(BIN)/vxl train --out $(TOY_OUT)/vision --model toy-init --objective frames --frame-pool max \
 	    --data toy:800 --cache-dir $(TOY_OUT)/cache --steps 1800 --batch-size 4 --lr 2e-3 --warmup-steps 20 \
@@ -61,6 +64,11 @@ toy-model: install
 	    --cache-dir $(TOY_OUT)/cache --question-types $(TOY_TYPES) --questions-per-sample 9 --planner mixed \
 	    --curriculum "0:2,4;300:2,4,8,12,16" --steps $(TOY_LLM_STEPS) --batch-size 8 --lr 1e-3 --warmup-steps 40 \
 	    --checkpoint-every 200 --keep-checkpoints 10 --workers 2 --no-flow
+	OMP_NUM_THREADS=1 $(BIN)/vxl train --out $(TOY_OUT)/llm2 --model $(TOY_OUT)/llm/final --trainable llm,projector \
+	    --loss-weighting turn --data toy:800:3:seconds=1-4 --data toy:800 --cache-dir $(TOY_OUT)/cache \
+	    --question-types $(TOY_TYPES_COUNT) --questions-per-sample 9 --planner mixed --curriculum "0:2,4,8,12,16" \
+	    --steps 400 --batch-size 8 --lr 5e-4 --warmup-steps 20 --checkpoint-every 200 --keep-checkpoints 5 \
+	    --seed 1 --workers 2 --no-flow
 
 # Re-resolve uv.lock after editing pyproject.toml (keeps every other pin; see docs/OPERATIONS.md).
 lock: install
