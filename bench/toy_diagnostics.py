@@ -55,6 +55,7 @@ def answers(args) -> dict:
 def frames(args) -> dict:
     import torch
 
+    from model.training import frame_label_logits
     from model.video_xl import load_model
     from tasks.samples import FRAME_LABELS, frame_labels
 
@@ -67,15 +68,12 @@ def frames(args) -> dict:
     for i in range(args.videos):
         truth, idx, fr = _sampled(args.seeds + i)
         labels = frame_labels(truth, idx)
-        with torch.no_grad():
-            feats = vx.vision_features(fr)
-            tokens = feats.view(len(fr), -1, feats.shape[-1])
-            # `max`: one prediction per frame; `token`: every visual token's own prediction
-            logits = head(tokens.amax(1)) if pool == "max" else head(tokens).flatten(0, 1)
+        with torch.no_grad():  # `max`: one prediction per frame; `token`: every visual token's own
+            logits, rows = frame_label_logits(vx, fr, head, pool)
         start = 0
         for name, k in FRAME_LABELS.items():
             pred = logits[:, start : start + k].argmax(1).numpy()
-            y = labels[name] if pool == "max" else np.repeat(labels[name], tokens.shape[1])
+            y = np.repeat(labels[name], rows)
             hits[name] += list(pred[y >= 0] == y[y >= 0])
             start += k
     return {k: {"correct": int(sum(v)), "total": len(v), "accuracy": float(np.mean(v))} for k, v in hits.items()}

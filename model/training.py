@@ -126,6 +126,26 @@ FRAME_POOLS = ("max", "token")
 max over its tokens) or `token` (every token predicts the frame's labels)."""
 
 
+def frame_label_logits(vx, frames, head: torch.nn.Linear, pool: str = "max") -> tuple[torch.Tensor, int]:
+    """`head`'s float32 logits over a frame's visual tokens (`VideoXL._vision_features`, under the
+    caller's grad mode): `(F, K)` for `pool="max"` (the max over each frame's tokens), `(F * N, K)`
+    frame-major for `pool="token"` (one row per token; labels repeat each frame's N times). Also
+    returns N, the rows per frame (1 for `max`).
+
+    Raises:
+        ValueError: an unknown `pool`, or bad frames (see `VideoXL.encode`).
+    """
+    if pool not in FRAME_POOLS:
+        raise ValueError(f"pool must be one of {FRAME_POOLS}, got {pool!r}")
+    frames = vx._check_frames(frames)
+    f = int(frames.shape[0])
+    feats = vx._vision_features(frames)  # (F * N, C)
+    tokens = feats.shape[0] // f
+    if pool == "max":
+        return head(feats.view(f, tokens, feats.shape[-1]).amax(dim=1).float()), 1
+    return head(feats.float()), tokens
+
+
 def frame_label_loss(vx, frames, labels: dict[str, torch.Tensor], head: torch.nn.Linear,
                      groups: dict[str, int], pool: str = "max") -> torch.Tensor:
     """The vision pretraining objective (`--objective frames`): per-frame labels from the visual tokens.
@@ -156,23 +176,14 @@ def frame_label_loss(vx, frames, labels: dict[str, torch.Tensor], head: torch.nn
         ValueError: a label array whose length is not F, no group with a labelled frame, or an
             unknown `pool`.
     """
-    if pool not in FRAME_POOLS:
-        raise ValueError(f"pool must be one of {FRAME_POOLS}, got {pool!r}")
-    frames = vx._check_frames(frames)
-    f = int(frames.shape[0])
-    feats = vx._vision_features(frames)  # (F * N, C)
-    tokens = feats.shape[0] // f
-    if pool == "max":
-        logits = head(feats.view(f, tokens, feats.shape[-1]).amax(dim=1).float())  # (F, sum(groups))
-    else:
-        logits = head(feats.float())  # (F * N, sum(groups)), frame-major as _vision_features returns them
+    logits, tokens = frame_label_logits(vx, frames, head, pool)
+    f = int(logits.shape[0]) // tokens
     total, start = None, 0
     for name, k in groups.items():
         y = labels[name].to(logits.device)
         if y.shape != (f,):
             raise ValueError(f"labels[{name!r}] has shape {tuple(y.shape)}, expected ({f},)")
-        if pool == "token":
-            y = y.repeat_interleave(tokens)
+        y = y.repeat_interleave(tokens)  # a no-op for `max` (one row per frame)
         if bool((y >= 0).any()):
             loss = torch.nn.functional.cross_entropy(logits[:, start : start + k], y, ignore_index=-1)
             total = loss if total is None else total + loss
