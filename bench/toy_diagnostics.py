@@ -12,6 +12,14 @@ checkpoint (`trainer_state.pt` holds the head) on held-out toy videos: whether t
 carry background, object presence, colour and shape.
 
     python bench/toy_diagnostics.py frames --checkpoint runs/visB/checkpoints/step_001500 --videos 30
+
+`orders`: where the ordering and counting questions fail. Event order (`--draws` questions per
+video) split by how many of its 3 events are cuts (a cuts-only question is decided by the
+background order alone, which `bg_order` shows the model knows), and whether the first number is
+right; "which comes first" by how many scenes apart the two backgrounds are; the scene count as
+(true, chosen) pairs.
+
+    python bench/toy_diagnostics.py orders --model toy --videos 40
 """
 
 from __future__ import annotations
@@ -79,6 +87,49 @@ def frames(args) -> dict:
     return {k: {"correct": int(sum(v)), "total": len(v), "accuracy": float(np.mean(v))} for k, v in hits.items()}
 
 
+def orders(args) -> dict:
+    from collections import Counter, defaultdict
+
+    from model.video_xl import load_model
+    from tasks.qa import make_question, score_questions
+    from tasks.workers import Encoder, PlanSpec
+
+    vx = load_model(args.model, device="cpu")
+    enc = Encoder(vx, None, PlanSpec(chunking="fixed", ratio=args.ratio))
+    by_cuts: dict[int, list[bool]] = defaultdict(list)
+    first: list[bool] = []
+    by_gap: dict[int, list[bool]] = defaultdict(list)
+    count: Counter = Counter()
+    for i in range(args.videos):
+        truth, idx, frames = _sampled(args.seeds + i)
+        memory = enc.encode(frames, np.asarray(idx, dtype=np.float64) / truth["fps"]).memory
+        rng = np.random.default_rng([5, i])
+        scenes = [s["background"] for s in truth["scenes"]]
+        for _ in range(args.draws):
+            q = make_question(truth, "event_order", rng)
+            if q is not None:
+                (r,) = score_questions(vx, memory, [q])
+                cuts = sum(line.startswith(f"{n}. The scene cuts") for n in (1, 2, 3) for line in q.question.split("\n"))
+                by_cuts[cuts].append(bool(r["correct"]))
+                first.append(r["chosen"].split(",")[0] == q.answer.split(",")[0])
+            q = make_question(truth, "bg_first", rng)
+            if q is not None:
+                (r,) = score_questions(vx, memory, [q])
+                by_gap[abs(scenes.index(q.options[0]) - scenes.index(q.options[1]))].append(bool(r["correct"]))
+        q = make_question(truth, "scene_count", rng)
+        if q is not None:
+            (r,) = score_questions(vx, memory, [q])
+            count[f"{q.answer}->{r['chosen']}"] += 1
+
+    def acc(v):
+        return {"correct": int(sum(v)), "total": len(v)}
+
+    return {"event_order_by_cuts": {k: acc(v) for k, v in sorted(by_cuts.items())},
+            "event_order_first_number": acc(first),
+            "bg_first_by_scene_gap": {k: acc(v) for k, v in sorted(by_gap.items())},
+            "scene_count_true_to_chosen": dict(sorted(count.items()))}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -91,8 +142,14 @@ def main() -> None:
     f.add_argument("--checkpoint", required=True)
     f.add_argument("--seeds", type=int, default=7_000_000)
     f.add_argument("--videos", type=int, default=30)
+    o = sub.add_parser("orders")
+    o.add_argument("--model", default="toy")
+    o.add_argument("--seeds", type=int, default=7_000_000)
+    o.add_argument("--videos", type=int, default=40)
+    o.add_argument("--ratio", type=int, default=8)
+    o.add_argument("--draws", type=int, default=6, help="event-order and which-first questions per video")
     args = ap.parse_args()
-    out = answers(args) if args.cmd == "answers" else frames(args)
+    out = {"answers": answers, "frames": frames, "orders": orders}[args.cmd](args)
     print(json.dumps({"args": vars(args), "result": out}, indent=1))
 
 

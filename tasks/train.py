@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import os
 import shutil
@@ -48,6 +49,8 @@ import numpy as np
 
 from tasks.options import JobOptions, flag, option
 from tasks.qa import QUESTION_TYPES, TRAINING_TYPES
+
+log = logging.getLogger(__name__)
 
 TOY_INIT = "toy-init"
 OBJECTIVES = ("answers", "frames")
@@ -392,10 +395,23 @@ def prepare_data(cfg: TrainConfig, vx=None, progress: Callable[[int, int, str], 
     for src in cfg.data:
         if src.startswith("toy:"):
             count, base, plan_kw, tag = parse_toy_source(src)
+            unusable = []
             for i in range(count):
                 seed = base * 1_000_000 + i
+                if cfg.objective == "answers":
+                    from tasks.samples import plan_toy_video
+
+                    if not can_pose(plan_toy_video(seed, **plan_kw), toy_source_types(src) or cfg.question_types):
+                        unusable.append(seed)
+                        continue
                 jobs.append((f"toy-{seed}{tag}", _toy_renderer(seed, cfg, plan_kw),
                              {"source": src, "seed": seed, "plan_kw": plan_kw}))
+            if len(unusable) == count:
+                raise TrainError("data", f"data source {src!r}: none of its {count} videos can pose a question of "
+                                         f"the types {list(toy_source_types(src) or cfg.question_types)}; add types")
+            if unusable:
+                log.warning("data source %r: %d of %d videos (seeds %s) can pose none of its question types; "
+                            "left out", src, len(unusable), count, _seed_list(unusable))
             continue
         p = Path(src)
         if p.is_dir():
@@ -464,6 +480,21 @@ def prepare_data(cfg: TrainConfig, vx=None, progress: Callable[[int, int, str], 
     tmp.write_text(json.dumps([asdict(i) for i in items]))
     os.replace(tmp, manifest)
     return items
+
+
+def can_pose(truth: dict, types) -> bool:
+    """Whether the video of `truth` can pose at least one question of `types` (`tasks.qa.make_question`
+    returns None for a type it cannot pose, e.g. `event_order` with fewer than 3 events; that depends
+    on the truth only, not on the random draw)."""
+    from tasks.qa import make_question
+
+    rng = np.random.default_rng(0)
+    return any(make_question(truth, t, rng) is not None for t in dict.fromkeys(types))
+
+
+def _seed_list(seeds: list[int], shown: int = 5) -> str:
+    head = ", ".join(str(x) for x in seeds[:shown])
+    return head + (f" and {len(seeds) - shown} more" if len(seeds) > shown else "")
 
 
 def _partial_name(path: Path) -> Path:

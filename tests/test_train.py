@@ -510,6 +510,32 @@ def test_a_toy_source_can_name_its_own_question_types():
     assert any(q.startswith("How many scenes") for q in asked) and any(q.startswith("What is the backgr") for q in asked)
 
 
+def test_videos_that_cannot_pose_their_question_types_are_left_out_with_a_word(tmp_path, caplog):
+    """A video that can pose none of its source's question types (event order needs 3 events; a
+    2-scene video often has 2) is left out at preparation, with a warning naming the source, the
+    count and the seeds (it used to stop the training at its first step with "a training sample
+    needs at least one question/answer turn"); a source none of whose videos can is a data error;
+    the frame objective asks no questions, so it keeps every video."""
+    from tasks.samples import plan_toy_video
+    from tasks.train import TrainError
+
+    kw = {"num_scenes": 2, "scene_s": (2.0, 8.0)}
+    few = [s for s in range(5_000_000, 5_000_004) if len(plan_toy_video(s, **kw)["events"]) < 3]
+    assert few == [5_000_000, 5_000_001, 5_000_002]  # seed 5,000,003 has 3 events or more
+    src = "toy:4:5:scenes=2:seconds=2-8:types=event_order"
+    with caplog.at_level("WARNING", logger="tasks.train"):
+        items = prepare_data(TrainConfig(out=str(tmp_path / "a"), data=[src], cache_dir=str(tmp_path / "c")))
+    assert [i.key for i in items] == ["toy-5000003-scenes2-s2to8"]
+    assert any(src in r.getMessage() and "3 of 4 videos" in r.getMessage() and "5000000, 5000001, 5000002"
+               in r.getMessage() for r in caplog.records)
+    with pytest.raises(TrainError) as err:
+        prepare_data(TrainConfig(out=str(tmp_path / "b"), data=["toy:3:5:scenes=2:seconds=2-8:types=event_order"],
+                                 cache_dir=str(tmp_path / "c")))
+    assert err.value.kind == "data" and "none of its 3 videos" in str(err.value)
+    frames_cfg = TrainConfig(out=str(tmp_path / "f"), data=[src], objective="frames", cache_dir=str(tmp_path / "c"))
+    assert len(prepare_data(frames_cfg)) == 4
+
+
 def test_init_vision_puts_a_pretrained_tower_under_a_fresh_llm(tmp_path):
     """`init_vision`: the vision tower and projector come from the given checkpoint, every other
     tensor (LLM, VSTs) is the fresh seeded model's, and the fingerprint follows the new weights; a
