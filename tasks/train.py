@@ -732,6 +732,12 @@ def _frame_label_tensors(item: Item, count: int, cfg: TrainConfig) -> dict:
     return {k: torch.from_numpy(v) for k, v in frame_labels(truth, idx).items()}
 
 
+def is_checkpoint_step(cfg: TrainConfig, step: int) -> bool:
+    """Whether `train_loop` saves a checkpoint after optimizer step `step` (1-based): every
+    `checkpoint_every` steps, and the last step."""
+    return bool(cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps
+
+
 def checkpoint_dirs(out: str | Path) -> list[Path]:
     """Complete checkpoints of a run (`trainer_state.pt` written last), oldest first."""
     root = Path(out) / "checkpoints"
@@ -845,7 +851,7 @@ def train_loop(cfg: TrainConfig, ctx: WorkerContext | None = None, items: list[I
                    "ratios": list(_ratios_at(cfg, step))}
         history.append({"step": step + 1, "loss": loss_mean})
         ckpt = None
-        if (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or step + 1 == cfg.steps:
+        if is_checkpoint_step(cfg, step + 1):
             ckpt = (save_training_checkpoint(cfg, vx, opt, sched, step + 1, history,
                                              head=head.state_dict() if head is not None else None)
                     if ctx.rank == 0 else None)

@@ -9,8 +9,11 @@ Ray 2.60), or in this process (`local=True`, one worker, no Ray).
   `prepare_model` is `ray.train.torch.prepare_model(module, parallel_strategy=cfg.strategy)` when the
   world has more than one worker (one worker is not wrapped, so one worker through Ray trains exactly
   as the local loop); `all_reduce_mean` averages the logged loss over the workers.
-- Every worker calls `ray.train.report` once per step (Ray Train V2's report is a barrier that every
-  worker must reach equally often); at a checkpoint step rank 0 attaches a *pointer* checkpoint: a
+- Every worker calls `ray.train.report` at each checkpoint step and at the last step (Ray Train V2's
+  report is a barrier that every worker must reach equally often; `tasks.train.is_checkpoint_step`), not every
+  step: Ray takes at most one report per worker per controller poll (a result queue of size 1,
+  polled every 2 s by default), so reporting every step held training to one step per 2 s
+  (docs/PERFORMANCE.md). At a checkpoint step rank 0 attaches a *pointer* checkpoint: a
   small folder holding `vxl_checkpoint.json` with the path of `out/checkpoints/step_NNNNNN/`, so Ray's
   run folder (`out/ray/train/`) records the checkpoints without a second copy of the weights and
   optimizer state (Ray copies a reported folder into its storage). Resuming never reads Ray's
@@ -39,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from tasks.train import Item, TrainConfig, TrainError, WorkerContext, checkpoint_dirs
+from tasks.train import Item, TrainConfig, TrainError, WorkerContext, checkpoint_dirs, is_checkpoint_step
 
 LOG_NAME = "train_log.jsonl"
 RESULT_NAME = "result.json"
@@ -109,22 +112,27 @@ def _all_reduce_max(value: float) -> float:
 
 def make_reporter(cfg: TrainConfig, rank: int, world_size: int,
                   send: Callable[[dict, str | None], None] | None = None) -> Callable[[dict, str | None], None]:
-    """The `WorkerContext.report` of a worker: called by every worker once per step (collective);
-    rank 0 appends the step's line to `out/train_log.jsonl`; `send` (Ray's report) gets it too."""
+    """The `WorkerContext.report` of a worker, called by every worker after every step. Rank 0
+    appends the step's line to `out/train_log.jsonl`. At a checkpoint step (`is_checkpoint_step`,
+    the same on every worker, as Ray's barrier needs) the workers all-reduce their peak RSS and
+    `send` (Ray's report) gets the line; in between, a line's `peak_rss_mb` is the larger of rank
+    0's own and the workers' peak at the last report."""
     log = Path(cfg.out) / LOG_NAME
     calls = [0]
+    workers_peak = [0.0]
 
     def report(metrics: dict, ckpt_dir: str | None) -> None:
         rss = peak_rss_mb()
-        if world_size > 1:
-            rss = _all_reduce_max(rss)
-        line = {**metrics, "peak_rss_mb": round(rss, 1), "world_size": world_size, "time": time.time(),
-                "checkpoint": ckpt_dir, "first_in_process": calls[0] == 0}
+        sync = is_checkpoint_step(cfg, int(metrics["step"]))
+        if sync and world_size > 1:
+            workers_peak[0] = _all_reduce_max(rss)
+        line = {**metrics, "peak_rss_mb": round(max(rss, workers_peak[0]), 1), "world_size": world_size,
+                "time": time.time(), "checkpoint": ckpt_dir, "first_in_process": calls[0] == 0}
         calls[0] += 1
         if rank == 0:
             with open(log, "a") as f:
                 f.write(json.dumps(line) + "\n")
-        if send is not None:
+        if send is not None and sync:
             send(line, ckpt_dir)
 
     return report

@@ -48,6 +48,29 @@ def _env() -> dict:
     return env
 
 
+def test_workers_report_to_ray_only_at_checkpoint_steps(tmp_path):
+    """Ray Train V2 takes one report per worker per controller poll (a result queue of size 1,
+    polled every 2 s), so a report every step held training to one step per 2 s. The reporter
+    logs every step but calls Ray's report (`send`) only at checkpoint steps and the last step."""
+    from tasks.train_ray import LOG_NAME, make_reporter
+
+    cfg = TrainConfig(out=str(tmp_path), steps=7, checkpoint_every=3)
+    sent = []
+    report = make_reporter(cfg, rank=0, world_size=1, send=lambda line, ckpt: sent.append((line["step"], ckpt)))
+    for step in range(1, 8):
+        report({"step": step, "loss": 1.0}, "ckpt" if step in (3, 6, 7) else None)
+    assert sent == [(3, "ckpt"), (6, "ckpt"), (7, "ckpt")]
+    lines = [json.loads(x) for x in (tmp_path / LOG_NAME).read_text().splitlines()]
+    assert [x["step"] for x in lines] == list(range(1, 8)) and all(x["peak_rss_mb"] > 0 for x in lines)
+    never = TrainConfig(out=str(tmp_path / "b"), steps=4, checkpoint_every=0)
+    (tmp_path / "b").mkdir()
+    sent.clear()
+    report = make_reporter(never, rank=0, world_size=1, send=lambda line, ckpt: sent.append(line["step"]))
+    for step in range(1, 5):
+        report({"step": step}, None)
+    assert sent == [4]
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("train-cache")
