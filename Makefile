@@ -48,16 +48,25 @@ lint: install
 # every question type on it with each question weighing the same, then 400 steps more with scene count
 # and event order asked more often. TOY_OUT/llm2/final is the model.
 TOY_OUT ?= runs/toy-model
+TOY_VISION_STEPS ?= 1800
+TOY_TOKEN_STEPS ?= 1800
 TOY_LLM_STEPS ?= 1000
+TOY_LLM2_STEPS ?= 400
+TOY_LLM3_STEPS ?= 600
+TOY_LLM4_STEPS ?= 500
 TOY_TYPES := bg_start,bg_end,object_color,object_shape,scene_count,bg_order,bg_first,event_order,describe
 # stage 4: scene count and event order drawn three times as often, "which comes first" twice
 TOY_TYPES_COUNT := bg_start,bg_end,object_color,object_shape,scene_count,scene_count,scene_count,bg_order,bg_first,bg_first,event_order,event_order,event_order,describe
+# stages 5 and 6: the same, event order four times as often
+TOY_TYPES_ORDER := bg_start,bg_end,object_color,object_shape,scene_count,scene_count,scene_count,bg_order,bg_first,bg_first,event_order,event_order,event_order,event_order,describe
+# stage 6 adds 2- and 3-scene videos asked only event order (four questions each)
+TOY_ORDER_ONLY := types=event_order,event_order,event_order,event_order
 toy-model: install
 	$(BIN)/vxl train --out $(TOY_OUT)/vision --model toy-init --objective frames --frame-pool max \
-	    --data toy:800 --cache-dir $(TOY_OUT)/cache --steps 1800 --batch-size 4 --lr 2e-3 --warmup-steps 20 \
+	    --data toy:800 --cache-dir $(TOY_OUT)/cache --steps $(TOY_VISION_STEPS) --batch-size 4 --lr 2e-3 --warmup-steps 20 \
 	    --checkpoint-every 600 --seed 0 --local --no-flow
 	$(BIN)/vxl train --out $(TOY_OUT)/vision-token --model $(TOY_OUT)/vision/final --objective frames \
-	    --frame-pool token --data toy:800 --cache-dir $(TOY_OUT)/cache --steps 1800 --batch-size 4 --lr 2e-3 \
+	    --frame-pool token --data toy:800 --cache-dir $(TOY_OUT)/cache --steps $(TOY_TOKEN_STEPS) --batch-size 4 --lr 2e-3 \
 	    --warmup-steps 20 --checkpoint-every 600 --seed 0 --local --no-flow
 	OMP_NUM_THREADS=1 $(BIN)/vxl train --out $(TOY_OUT)/llm --model toy-init --init-vision $(TOY_OUT)/vision-token/final \
 	    --trainable llm,projector --loss-weighting turn --data toy:800:3:seconds=1-4 --data toy:800 \
@@ -67,8 +76,19 @@ toy-model: install
 	OMP_NUM_THREADS=1 $(BIN)/vxl train --out $(TOY_OUT)/llm2 --model $(TOY_OUT)/llm/final --trainable llm,projector \
 	    --loss-weighting turn --data toy:800:3:seconds=1-4 --data toy:800 --cache-dir $(TOY_OUT)/cache \
 	    --question-types $(TOY_TYPES_COUNT) --questions-per-sample 9 --planner mixed --curriculum "0:2,4,8,12,16" \
-	    --steps 400 --batch-size 8 --lr 5e-4 --warmup-steps 20 --checkpoint-every 200 --keep-checkpoints 5 \
+	    --steps $(TOY_LLM2_STEPS) --batch-size 8 --lr 5e-4 --warmup-steps 20 --checkpoint-every 200 --keep-checkpoints 5 \
 	    --seed 1 --workers 2 --no-flow
+	OMP_NUM_THREADS=1 $(BIN)/vxl train --out $(TOY_OUT)/llm3 --model $(TOY_OUT)/llm2/final --trainable llm,projector \
+	    --loss-weighting turn --data toy:800:3:seconds=1-4 --data toy:800 --cache-dir $(TOY_OUT)/cache \
+	    --question-types $(TOY_TYPES_ORDER) --questions-per-sample 9 --planner mixed --curriculum "0:2,4,8,12,16" \
+	    --steps $(TOY_LLM3_STEPS) --batch-size 8 --lr 5e-4 --warmup-steps 20 --checkpoint-every 200 --keep-checkpoints 5 \
+	    --seed 2 --workers 2 --no-flow
+	OMP_NUM_THREADS=1 $(BIN)/vxl train --out $(TOY_OUT)/llm4 --model $(TOY_OUT)/llm3/final --trainable llm,projector \
+	    --loss-weighting turn --data toy:800:3:seconds=1-4 --data toy:800 --data "toy:400:5:scenes=2:seconds=2-8:$(TOY_ORDER_ONLY)" \
+	    --data "toy:400:6:scenes=3:seconds=2-8:$(TOY_ORDER_ONLY)" --cache-dir $(TOY_OUT)/cache \
+	    --question-types $(TOY_TYPES_ORDER) --questions-per-sample 9 --planner mixed --curriculum "0:2,4,8,12,16" \
+	    --steps $(TOY_LLM4_STEPS) --batch-size 8 --lr 5e-4 --warmup-steps 20 --checkpoint-every 250 --keep-checkpoints 5 \
+	    --seed 3 --workers 2 --no-flow
 
 # Re-resolve uv.lock after editing pyproject.toml (keeps every other pin; see docs/OPERATIONS.md).
 lock: install
