@@ -231,38 +231,10 @@ class VideoXLForCausalLM(Qwen2ForCausalLM):
         h = out.last_hidden_state[:, -logits_for_last:]  # (1, n, C)
         return self.lm_head(h)[0].float()  # (n, V)
 
-    def step_rows(self, inputs_embeds: torch.Tensor, cache: DynamicCache, rows: list[tuple[int, int]]) -> torch.Tensor:
-        """Run a batch of B right-padded sequences `(B, T, C)` after the same `M` cached tokens.
-
-        `cache` has batch B (`rotated_cache(kv, batch=B)`): every row sees the whole memory, then its
-        own tokens at positions `M .. M + T - 1` under the causal mask, so a row's real tokens never
-        see the padding that follows them and each row computes what `step` computes for it alone
-        (tested: `tests/test_train.py`). Used to score a sample's independent questions in one pass.
-
-        Args:
-            rows: per row `(start, n)`: return the logits of positions `start .. start + n - 1`.
-        Returns:
-            float32 logits `(sum of n, V)`, rows in order.
-        Raises:
-            ValueError: `rows` does not have one entry per batch row, or a span outside `0 .. T`.
-            UpstreamDriftError: see `step`.
-        """
-        b, t = inputs_embeds.shape[:2]
-        if len(rows) != b or any(s < 0 or n < 1 or s + n > t for s, n in rows):
-            raise ValueError(f"rows {rows} do not fit a batch of {b} sequences of {t} tokens")
-        m = cache.get_seq_length()
-        position_ids = torch.arange(m, m + t, device=inputs_embeds.device).unsqueeze(0)  # (1, T): same for all rows
-        out = self.model(inputs_embeds=inputs_embeds, position_ids=position_ids, use_cache=True,
-                         **{CACHE_KWARG: cache})
-        check_pass(self.config, cache, m, t, None)
-        h = torch.cat([out.last_hidden_state[i, s : s + n] for i, (s, n) in enumerate(rows)])  # (sum n, C)
-        return self.lm_head(h).float()
-
-    def rotated_cache(self, kv: torch.Tensor, batch: int = 1) -> DynamicCache:
-        """A cache holding a memory `(L, 2, Hkv, M, D)` (pre-RoPE) rotated at positions `0 .. M-1`,
-        for `batch` rows that all see it (an expanded view: no copy until the cache grows)."""
+    def rotated_cache(self, kv: torch.Tensor) -> DynamicCache:
+        """A cache holding a memory `(L, 2, Hkv, M, D)` (pre-RoPE) rotated at positions `0 .. M-1`."""
         cache = DynamicCache(config=self.config)
-        append_rotated(self, cache, kv, start=0, batch=batch)
+        append_rotated(self, cache, kv, start=0)
         return cache
 
 
@@ -292,17 +264,14 @@ def check_pass(config: VideoXLConfig, cache: DynamicCache, before: int, fed: int
                 f"tokens; expected all {layers} layers with {want}: the capture did not reach every attention")
 
 
-def append_rotated(model: VideoXLForCausalLM, cache: DynamicCache, kv: torch.Tensor, start: int,
-                   batch: int = 1) -> None:
-    """Append pre-RoPE `kv` `(L, 2, Hkv, T, D)` to `cache` (of batch `batch`, each row the same
-    tokens), keys rotated at positions `start ..`."""
+def append_rotated(model: VideoXLForCausalLM, cache: DynamicCache, kv: torch.Tensor, start: int) -> None:
+    """Append pre-RoPE `kv` `(L, 2, Hkv, T, D)` to `cache`, keys rotated at positions `start ..`."""
     t = kv.shape[3]
     pos = torch.arange(start, start + t, device=kv.device).unsqueeze(0)  # (1, T)
     cos, sin = model.model.rotary_emb(kv, pos)  # (1, T, D), dtype of kv
     for layer in range(kv.shape[0]):
         k = apply_rope(kv[layer, 0].unsqueeze(0), cos, sin)  # (1, Hkv, T, D)
-        v = kv[layer, 1].unsqueeze(0)
-        cache.update(k.expand(batch, *k.shape[1:]), v.expand(batch, *v.shape[1:]), layer)
+        cache.update(k, kv[layer, 1].unsqueeze(0), layer)
 
 
 def truncate_cache(cache: DynamicCache, length: int) -> None:

@@ -68,37 +68,11 @@ def turn_logits(vx, memory, question: str, answer_ids: list[int]) -> torch.Tenso
     the memory (positions `M ..`), so row 0 is what `VideoXL.next_token_logits(memory, question)`
     computes. Runs under the caller's grad mode.
     """
-    return turns_logits(vx, memory, [(question, answer_ids)])[0]
-
-
-def turns_logits(vx, memory, turns: list[tuple[str, list[int]]]) -> list[torch.Tensor]:
-    """`turn_logits` of several independent turns against the same memory, in one batched pass.
-
-    Each turn's question and `answer_ids[:-1]` form one right-padded row
-    (`VideoXLForCausalLM.step_rows`); every row sees the memory and only its own tokens, so turn i's
-    logits are what `turn_logits(vx, memory, *turns[i])` computes alone (fp32: within float
-    reordering, tested <= 1e-5). One pass instead of one per turn: about 9 question turns per
-    toy training sample (docs/PERFORMANCE.md).
-
-    Returns:
-        one float32 `(len(answer_ids), V)` tensor per turn, in order.
-    Raises:
-        ValueError: no turns, an empty question, over the context limit (`VideoXL._question_ids`).
-    """
-    if not turns:
-        raise ValueError("turns_logits needs at least one (question, answer_ids) turn")
+    ids = vx._question_ids(memory, question, len(answer_ids))
     vx._check_memory(memory)
-    feeds, rows = [], []
-    for question, answer_ids in turns:
-        ids = vx._question_ids(memory, question, len(answer_ids))
-        feeds.append(ids + list(answer_ids[:-1]))
-        rows.append((len(ids) - 1, len(answer_ids)))
-    width = max(len(f) for f in feeds)
-    pad = feeds[0][-1]  # any id: padding follows each row's tokens, so no real token attends to it
-    ids = torch.tensor([f + [pad] * (width - len(f)) for f in feeds], dtype=torch.long, device=vx.device)
-    cache = vx.model.rotated_cache(memory.kv().to(vx.device, vx.dtype), batch=len(turns))
-    logits = vx.model.step_rows(vx.model.model.embed_tokens(ids), cache, rows)  # (sum A, V) float32
-    return list(torch.split(logits, [n for _, n in rows]))
+    cache = vx.model.rotated_cache(memory.kv().to(vx.device, vx.dtype))
+    feed = ids + list(answer_ids[:-1])
+    return vx.model.step(vx._embed_ids(feed), cache, logits_for_last=len(answer_ids))  # (A, V) float32
 
 
 LOSS_WEIGHTINGS = ("token", "turn")
@@ -135,9 +109,9 @@ def sample_loss(vx, frames, plan: ChunkPlan, turns: list[Turn], *, checkpoint_wi
     per_turn = []
     total = None
     count = 0
-    targets = [answer_token_ids(vx, turn.answer) for turn in turns]
-    all_logits = turns_logits(vx, memory, [(turn.question, t) for turn, t in zip(turns, targets, strict=True)])
-    for target, logits in zip(targets, all_logits, strict=True):
+    for turn in turns:
+        target = answer_token_ids(vx, turn.answer)
+        logits = turn_logits(vx, memory, turn.question, target)
         tgt = torch.tensor(target, device=logits.device)
         loss_sum = torch.nn.functional.cross_entropy(logits, tgt, reduction="sum")
         per_turn.append(TurnLoss(loss_sum, len(target), logits))

@@ -51,37 +51,6 @@ def test_training_forward_equals_inference_forward(toy):
 
 
 @pytest.mark.timeout(120)
-def test_batched_turns_equal_each_turn_run_alone(toy):
-    """`turns_logits` (one right-padded pass for all of a sample's questions) gives each turn what
-    the inference primitive gives it alone: `step` on a fresh cache, and `next_token_logits`."""
-    from model.training import turns_logits
-
-    vx = toy
-    frames = _frames(vx, n=20, seed=5)
-    memory = vx.encode(frames, vx.plan(20, ratio=8))
-    turns = [("What colour is the circle?", "red"),
-             ("In what order do the background colours appear?", "teal, then brown, then black"),
-             ("How many scenes does the video have?", "3")]
-    ids = [(q, answer_token_ids(vx, a)) for q, a in turns]
-    lengths = {len(vx._question_ids(memory, q, len(a))) + len(a) for q, a in ids}
-    assert len(lengths) == 3, "rows of different lengths, so two of them are padded"
-    with torch.no_grad():
-        batched = turns_logits(vx, memory, ids)
-        for (q, a), got in zip(ids, batched, strict=True):
-            q_ids = vx._question_ids(memory, q, len(a))
-            ref = vx.model.step(vx._embed_ids(q_ids + a[:-1]), vx.model.rotated_cache(memory.kv()),
-                                logits_for_last=len(a))
-            assert got.shape == (len(a), vx.config.vocab_size)
-            assert (got - ref).abs().max().item() <= 1e-5
-            assert (got[0] - vx.next_token_logits(memory, q)).abs().max().item() <= 1e-5
-        with pytest.raises(ValueError, match="rows"):
-            vx.model.step_rows(torch.zeros(2, 4, vx.config.hidden_size), vx.model.rotated_cache(memory.kv(), batch=2),
-                               [(0, 4), (2, 3)])
-    with pytest.raises(ValueError, match="at least one"):
-        turns_logits(vx, memory, [])
-
-
-@pytest.mark.timeout(120)
 def test_loss_is_answer_cross_entropy_and_reaches_earlier_windows(toy):
     vx = toy
     frames = _frames(vx, n=24, seed=1)
