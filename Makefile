@@ -43,10 +43,11 @@ demo: install
 lint: install
 	$(BIN)/ruff check .
 
-# The toy model of model/weights/toy, from scratch (docs/EVALUATION.md, "Ninth session"): the vision
-# tower learns each frame's labels (max over its tokens, then every token), then a fresh LLM learns
-# every question type on it with each question weighing the same, then 400 steps more with scene count
-# and event order asked more often. TOY_OUT/llm2/final is the model.
+# The toy model of model/weights/toy, from scratch (docs/EVALUATION.md, "Ninth session" and "Tenth
+# session"): the vision tower learns each frame's labels (max over its tokens, then every token), then
+# a fresh LLM learns every question type on it with each question weighing the same, then 400, 600 and
+# 500 steps more with scene count and event order asked more often (the last adding short videos asked
+# only event order). TOY_OUT/llm4/final is the model. TOY_*_STEPS set each stage's length.
 TOY_OUT ?= runs/toy-model
 TOY_VISION_STEPS ?= 1800
 TOY_TOKEN_STEPS ?= 1800

@@ -394,21 +394,21 @@ def prepare_data(cfg: TrainConfig, vx=None, progress: Callable[[int, int, str], 
     jobs: list[tuple[str, Callable[[], tuple[np.ndarray, np.ndarray]], dict]] = []
     for src in cfg.data:
         if src.startswith("toy:"):
+            from tasks.samples import plan_toy_video
+
             count, base, plan_kw, tag = parse_toy_source(src)
-            unusable = []
+            types = toy_source_types(src) or cfg.question_types
+            unusable = []  # answer training: videos that can pose none of the source's question types
             for i in range(count):
                 seed = base * 1_000_000 + i
-                if cfg.objective == "answers":
-                    from tasks.samples import plan_toy_video
-
-                    if not can_pose(plan_toy_video(seed, **plan_kw), toy_source_types(src) or cfg.question_types):
-                        unusable.append(seed)
-                        continue
+                if cfg.objective == "answers" and not can_pose(plan_toy_video(seed, **plan_kw), types):
+                    unusable.append(seed)
+                    continue
                 jobs.append((f"toy-{seed}{tag}", _toy_renderer(seed, cfg, plan_kw),
                              {"source": src, "seed": seed, "plan_kw": plan_kw}))
             if len(unusable) == count:
                 raise TrainError("data", f"data source {src!r}: none of its {count} videos can pose a question of "
-                                         f"the types {list(toy_source_types(src) or cfg.question_types)}; add types")
+                                         f"the types {list(types)}; add a type they can pose (e.g. bg_start)")
             if unusable:
                 log.warning("data source %r: %d of %d videos (seeds %s) can pose none of its question types; "
                             "left out", src, len(unusable), count, _seed_list(unusable))

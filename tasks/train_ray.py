@@ -9,11 +9,11 @@ Ray 2.60), or in this process (`local=True`, one worker, no Ray).
   `prepare_model` is `ray.train.torch.prepare_model(module, parallel_strategy=cfg.strategy)` when the
   world has more than one worker (one worker is not wrapped, so one worker through Ray trains exactly
   as the local loop); `all_reduce_mean` averages the logged loss over the workers.
-- Every worker calls `ray.train.report` at each checkpoint step and at the last step (Ray Train V2's
-  report is a barrier that every worker must reach equally often; `tasks.train.is_checkpoint_step`), not every
-  step: Ray takes at most one report per worker per controller poll (a result queue of size 1,
-  polled every 2 s by default), so reporting every step held training to one step per 2 s
-  (docs/PERFORMANCE.md). At a checkpoint step rank 0 attaches a *pointer* checkpoint: a
+- Every worker calls `ray.train.report` at each checkpoint step and at the last step
+  (`tasks.train.is_checkpoint_step`; Ray Train V2's report is a barrier that every worker must reach
+  equally often), not every step: Ray takes at most one report per worker per controller poll (a
+  result queue of size 1, polled every 2 s by default), so reporting every step held training to
+  one step per 2 s (docs/PERFORMANCE.md). At a checkpoint step rank 0 attaches a *pointer* checkpoint: a
   small folder holding `vxl_checkpoint.json` with the path of `out/checkpoints/step_NNNNNN/`, so Ray's
   run folder (`out/ray/train/`) records the checkpoints without a second copy of the weights and
   optimizer state (Ray copies a reported folder into its storage). Resuming never reads Ray's
