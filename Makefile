@@ -43,11 +43,12 @@ demo: install
 lint: install
 	$(BIN)/ruff check .
 
-# The toy model of model/weights/toy, from scratch (docs/EVALUATION.md, "Ninth session" and "Tenth
+# The toy model of model/weights/toy, from scratch (docs/EVALUATION.md, "Ninth session" to "Eleventh
 # session"): the vision tower learns each frame's labels (max over its tokens, then every token), then
 # a fresh LLM learns every question type on it with each question weighing the same, then 400, 600 and
 # 500 steps more with scene count and event order asked more often (the last adding short videos asked
-# only event order). TOY_OUT/llm4/final is the model. TOY_*_STEPS set each stage's length.
+# only event order), then 600 and 1,000 steps that also ask event_label (which number a quoted event
+# line has). TOY_OUT/llm6/final is the model. TOY_*_STEPS set each stage's length.
 TOY_OUT ?= runs/toy-model
 TOY_VISION_STEPS ?= 1800
 TOY_TOKEN_STEPS ?= 1800
@@ -55,6 +56,8 @@ TOY_LLM_STEPS ?= 1000
 TOY_LLM2_STEPS ?= 400
 TOY_LLM3_STEPS ?= 600
 TOY_LLM4_STEPS ?= 500
+TOY_LLM5_STEPS ?= 600
+TOY_LLM6_STEPS ?= 1000
 TOY_TYPES := bg_start,bg_end,object_color,object_shape,scene_count,bg_order,bg_first,event_order,describe
 # stage 4: scene count and event order drawn three times as often, "which comes first" twice
 TOY_TYPES_COUNT := bg_start,bg_end,object_color,object_shape,scene_count,scene_count,scene_count,bg_order,bg_first,bg_first,event_order,event_order,event_order,describe
@@ -62,6 +65,9 @@ TOY_TYPES_COUNT := bg_start,bg_end,object_color,object_shape,scene_count,scene_c
 TOY_TYPES_ORDER := bg_start,bg_end,object_color,object_shape,scene_count,scene_count,scene_count,bg_order,bg_first,bg_first,event_order,event_order,event_order,event_order,describe
 # stage 6 adds 2- and 3-scene videos asked only event order (four questions each)
 TOY_ORDER_ONLY := types=event_order,event_order,event_order,event_order
+# stages 7 and 8: stage 6's data, with event_label asked three times (four on the short videos)
+TOY_TYPES_LABEL := bg_start,bg_end,object_color,object_shape,scene_count,scene_count,scene_count,bg_order,bg_first,bg_first,event_order,event_order,event_order,event_order,event_label,event_label,event_label,describe
+TOY_ORDER_LABEL := $(TOY_ORDER_ONLY),event_label,event_label,event_label,event_label
 toy-model: install
 	$(BIN)/vxl train --out $(TOY_OUT)/vision --model toy-init --objective frames --frame-pool max \
 	    --data toy:800 --cache-dir $(TOY_OUT)/cache --steps $(TOY_VISION_STEPS) --batch-size 4 --lr 2e-3 --warmup-steps 20 \
@@ -90,6 +96,18 @@ toy-model: install
 	    --question-types $(TOY_TYPES_ORDER) --questions-per-sample 9 --planner mixed --curriculum "0:2,4,8,12,16" \
 	    --steps $(TOY_LLM4_STEPS) --batch-size 8 --lr 5e-4 --warmup-steps 20 --checkpoint-every 250 --keep-checkpoints 5 \
 	    --seed 3 --workers 2 --no-flow
+	OMP_NUM_THREADS=1 $(BIN)/vxl train --out $(TOY_OUT)/llm5 --model $(TOY_OUT)/llm4/final --trainable llm,projector \
+	    --loss-weighting turn --data toy:800:3:seconds=1-4 --data toy:800 --data "toy:400:5:scenes=2:seconds=2-8:$(TOY_ORDER_LABEL)" \
+	    --data "toy:400:6:scenes=3:seconds=2-8:$(TOY_ORDER_LABEL)" --cache-dir $(TOY_OUT)/cache \
+	    --question-types $(TOY_TYPES_LABEL) --questions-per-sample 9 --planner mixed --curriculum "0:2,4,8,12,16" \
+	    --steps $(TOY_LLM5_STEPS) --batch-size 8 --lr 5e-4 --warmup-steps 20 --checkpoint-every 200 --keep-checkpoints 5 \
+	    --seed 4 --workers 2 --no-flow
+	OMP_NUM_THREADS=1 $(BIN)/vxl train --out $(TOY_OUT)/llm6 --model $(TOY_OUT)/llm5/final --trainable llm,projector \
+	    --loss-weighting turn --data toy:800:3:seconds=1-4 --data toy:800 --data "toy:400:5:scenes=2:seconds=2-8:$(TOY_ORDER_LABEL)" \
+	    --data "toy:400:6:scenes=3:seconds=2-8:$(TOY_ORDER_LABEL)" --cache-dir $(TOY_OUT)/cache \
+	    --question-types $(TOY_TYPES_LABEL) --questions-per-sample 9 --planner mixed --curriculum "0:2,4,8,12,16" \
+	    --steps $(TOY_LLM6_STEPS) --batch-size 8 --lr 5e-4 --warmup-steps 20 --checkpoint-every 250 --keep-checkpoints 5 \
+	    --seed 5 --workers 2 --no-flow
 
 # Re-resolve uv.lock after editing pyproject.toml (keeps every other pin; see docs/OPERATIONS.md).
 lock: install

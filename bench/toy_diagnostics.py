@@ -17,7 +17,8 @@ carry background, object presence, colour and shape.
 video) split by how many of its 3 events are cuts (a cuts-only question is decided by the
 background order alone, which `bg_order` shows the model knows), and whether the first number is
 right; "which comes first" by how many scenes apart the two backgrounds are; the scene count as
-(true, chosen) pairs.
+(true, chosen) pairs; `event_label` (which number a quoted event line has: the lookup event order
+needs, from the question text alone), `--draws` per video.
 
     python bench/toy_diagnostics.py orders --model toy --videos 40
 """
@@ -100,6 +101,7 @@ def orders(args) -> dict:
     first: list[bool] = []
     by_gap: dict[int, list[bool]] = defaultdict(list)
     count: Counter = Counter()
+    labels: list[bool] = []
     for i in range(args.videos):
         truth, idx, frames = _sampled(args.seeds + i)
         memory = enc.encode(frames, np.asarray(idx, dtype=np.float64) / truth["fps"]).memory
@@ -120,12 +122,18 @@ def orders(args) -> dict:
         if q is not None:
             (r,) = score_questions(vx, memory, [q])
             count[f"{q.answer}->{r['chosen']}"] += 1
+        label_rng = np.random.default_rng([6, i])  # its own draws: the numbers above do not move
+        for _ in range(args.draws):
+            q = make_question(truth, "event_label", label_rng)
+            if q is not None:
+                labels.extend(bool(r["correct"]) for r in score_questions(vx, memory, [q]))
 
     def acc(v):
         return {"correct": int(sum(v)), "total": len(v)}
 
     return {"event_order_by_cuts": {k: acc(v) for k, v in sorted(by_cuts.items())},
             "event_order_first_number": acc(first),
+            "event_label": acc(labels),
             "bg_first_by_scene_gap": {k: acc(v) for k, v in sorted(by_gap.items())},
             "scene_count_true_to_chosen": dict(sorted(count.items()))}
 

@@ -287,7 +287,7 @@ def toy_config(vocab_size: int, bos_token_id: int, eos_token_id: int, *, image_s
     64 px frames, patch 8 -> 8x8 patches, 2x2 pooling -> 16 visual tokens per frame; windows of
     128 visual tokens (8 frames); ratios up to 16 give every frame at least one VST. Qwen2 hidden
     128, 4 layers, 4 heads, 2 KV heads (head_dim 32); CLIP hidden 64, 2 layers. Chosen to train on
-    2 CPU cores: `make toy-model` makes the shipped model in about 90 minutes, 88.6% on held-out
+    2 CPU cores: `make toy-model` makes the shipped model in about two hours, 92.7% on held-out
     videos (docs/EVALUATION.md; the issue-12 target is 30 minutes and 90% per type). Nothing in the
     code depends on these values.
 

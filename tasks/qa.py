@@ -15,6 +15,7 @@ answer among distractors; scored by option log-likelihood, `VideoXL.score_option
 | `bg_first` | Which background colour appears first: {a} or {b}? | the 2 names |
 | `event_order` | VICO's open ordering question over 3 events of the truth JSON | up to 4 orders `3, 1, 2` |
 | `describe` | Describe the video from start to end. | none: an open answer, for training (`TRAINING_TYPES`) |
+| `event_label` | event_order's numbered lines, then `Which number is the event "..."?` | "1" .. "3", for training (`TRAINING_TYPES`) |
 
 Everything is drawn from a `numpy.random.Generator` the caller seeds, so a question set is
 reproducible. Pure Python + numpy; the truth layout is `tasks.samples.plan_toy_video`'s.
@@ -31,10 +32,12 @@ import numpy as np
 QUESTION_TYPES: tuple[str, ...] = (
     "bg_start", "bg_end", "object_color", "object_shape", "scene_count", "bg_order", "bg_first", "event_order",
 )
-TRAINING_TYPES: tuple[str, ...] = (*QUESTION_TYPES, "describe")
-"""What `vxl train --question-types` accepts: the scored types, and `describe` (a dense caption of the
+TRAINING_TYPES: tuple[str, ...] = (*QUESTION_TYPES, "describe", "event_label")
+"""What `vxl train --question-types` accepts: the scored types, `describe` (a dense caption of the
 whole video in time order, `describe_video`; the captioning stage of LLaVA-style training, with
-an open answer, so it is not in the multiple-choice evaluation)."""
+an open answer, so it is not in the multiple-choice evaluation) and `event_label` (the numbered
+lines of `event_order`, asked for the number of one quoted line: the text-to-label binding that
+`event_order` needs, taught on its own; docs/EVALUATION.md, eleventh session)."""
 DESCRIBE_QUESTION = "Describe the video from start to end."
 SCENE_COUNT_OPTIONS: tuple[str, ...] = tuple(str(n) for n in range(2, 9))
 NUM_OPTIONS = 4
@@ -112,7 +115,8 @@ def describe_video(truth: dict) -> str:
 def make_question(truth: dict, qtype: str, rng: np.random.Generator, video_key: str = "") -> QA | None:
     """One question of type `qtype` about the video of `truth`, or None when the video cannot pose it
     (`bg_order`/`bg_first` with one scene, `event_order` with fewer than 3 events, object questions
-    without exactly one object). `describe` (`TRAINING_TYPES`) has the caption as its only option.
+    without exactly one object). `describe` (`TRAINING_TYPES`) has the caption as its only option;
+    `event_label` draws the same 3 numbered lines as `event_order` from the same `rng` state.
 
     Raises:
         ValueError: an unknown `qtype`.
@@ -162,7 +166,7 @@ def make_question(truth: dict, qtype: str, rng: np.random.Generator, video_key: 
         a, b = (scenes[i], scenes[j]) if rng.random() < 0.5 else (scenes[j], scenes[i])
         question = f"Which background colour appears first: {a} or {b}?"
         answer, options = scenes[i], (a, b)
-    else:  # event_order: VICO's open question (vico_synth.samples.render_open) over 3 events
+    else:  # event_order (VICO's open question, vico_synth.samples.render_open) / event_label, over 3 events
         from vico_synth.extractors import clean_text
 
         events = truth.get("events", [])
@@ -172,11 +176,16 @@ def make_question(truth: dict, qtype: str, rng: np.random.Generator, video_key: 
         texts = [clean_text(events[i]["text"]) for i in chosen]  # in time order
         presented = [int(x) for x in rng.permutation(len(texts))]  # label j+1 shows event presented[j]
         lines = [f"{j + 1}. {texts[t]}" for j, t in enumerate(presented)]
-        question = ("These events happen in the video, listed in random order:\n" + "\n".join(lines) + "\n"
-                    "Put the events in the order in which they happen in the video. "
-                    "Answer with the event numbers in order, separated by commas.")
+        listed = "These events happen in the video, listed in random order:\n" + "\n".join(lines) + "\n"
         labels = [presented.index(t) + 1 for t in range(len(texts))]
-        answer, options = _permutation_options(rng, labels, lambda o: ", ".join(str(x) for x in o))
+        if qtype == "event_label":
+            t = int(rng.integers(len(texts)))
+            question = listed + f"Which number is the event \"{texts[t].rstrip('.')}\"? Answer with its number."
+            answer, options = str(labels[t]), tuple(str(j + 1) for j in range(len(texts)))
+        else:
+            question = listed + ("Put the events in the order in which they happen in the video. "
+                                 "Answer with the event numbers in order, separated by commas.")
+            answer, options = _permutation_options(rng, labels, lambda o: ", ".join(str(x) for x in o))
     return QA(id=f"{key}:{qtype}", type=qtype, question=question, answer=answer, options=tuple(options))
 
 

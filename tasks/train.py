@@ -113,9 +113,9 @@ class TrainConfig(JobOptions):
     planner: str = option("fixed", "--planner", help="Chunk planner while training: fixed, dynamic (CLIP windows "
                           "and ratios) or mixed (each sample draws one).")
     question_types: list[str] = option(None, "--question-types", split=",", default_factory=lambda: list(QUESTION_TYPES),
-                                       help="Comma-separated tasks.qa question types drawn for ground-truth videos, or describe "
-                                       "(a dense caption; default: every scored type; a type given twice is "
-                                       "drawn twice as often).")
+                                       help="Comma-separated tasks.qa question types drawn for ground-truth videos, describe "
+                                       "(a dense caption) or event_label (which numbered line is a quoted event; "
+                                       "default: every scored type; a type given twice is drawn twice as often).")
     questions_per_sample: int = option(4, "--questions-per-sample", help="Question/answer turns per video and step "
                                        "(each against the same memory).")
     objective: str = option("answers", "--objective", help="answers (the answer-token loss: Video-XL's training) or "

@@ -577,3 +577,37 @@ def test_the_describe_caption_tells_what_the_frames_show_in_order():
     assert sorted(t.question for t in turns) == sorted([DESCRIBE_QUESTION, "What is the background colour at the end of the video?"])
     assert toy_source_types("toy:4:1:types=describe") == ("describe",)
     assert parse_toy_source("toy:4:1:types=describe") == parse_toy_source("toy:4:1")
+
+
+def test_event_questions_point_at_the_lines_the_truth_orders():
+    """`event_order` and the training-only `event_label` list 3 events of the truth JSON as numbered
+    lines. Read back from the question text: `event_order`'s answer names the lines in the truth's
+    time order (by `start_s`), its other options are other orders of the same labels; `event_label`'s
+    answer is the number of the line whose text it quotes. Both draw the same 3 lines from the same
+    seed, so `event_label` trains the binding that `event_order` needs."""
+    import re
+
+    from tasks.qa import QUESTION_TYPES, TRAINING_TYPES, make_question
+    from tasks.samples import plan_toy_video
+
+    assert "event_label" in TRAINING_TYPES and "event_label" not in QUESTION_TYPES
+    seen = 0
+    for seed in range(30, 60):
+        truth = plan_toy_video(seed, width=160, height=120, fps=8)
+        start = {ev["text"].rstrip(".").lower(): ev["start_s"] for ev in truth["events"]}
+        order = make_question(truth, "event_order", np.random.default_rng(seed))
+        label = make_question(truth, "event_label", np.random.default_rng(seed))
+        if len(truth["events"]) < 3:
+            assert order is None and label is None
+            continue
+        seen += 1
+        lines = dict(re.findall(r"^(\d)\. (.+?)\.?$", order.question, flags=re.M))
+        assert sorted(lines) == ["1", "2", "3"], order.question
+        assert dict(re.findall(r"^(\d)\. (.+?)\.?$", label.question, flags=re.M)) == lines
+        times = [start[lines[x].lower()] for x in order.answer.split(", ")]
+        assert times == sorted(times), (seed, order)
+        assert order.answer in order.options and len(set(order.options)) == len(order.options) > 1
+        assert all(sorted(o.split(", ")) == ["1", "2", "3"] for o in order.options)
+        quoted = re.search(r'Which number is the event "(.+)"\?', label.question).group(1)
+        assert lines[label.answer] == quoted and label.options == ("1", "2", "3"), (seed, label)
+    assert seen >= 10
