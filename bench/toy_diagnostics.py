@@ -18,7 +18,8 @@ video) split by how many of its 3 events are cuts (a cuts-only question is decid
 background order alone, which `bg_order` shows the model knows), and whether the first number is
 right; "which comes first" by how many scenes apart the two backgrounds are; the scene count as
 (true, chosen) pairs; `event_label` (which number a quoted event line has: the lookup event order
-needs, from the question text alone), `--draws` per video.
+needs, from the question text alone) and `event_pair` (which of two numbered lines happens first,
+split by how many of the two are cuts), `--draws` each per video.
 
     python bench/toy_diagnostics.py orders --model toy --videos 40
 """
@@ -102,6 +103,7 @@ def orders(args) -> dict:
     by_gap: dict[int, list[bool]] = defaultdict(list)
     count: Counter = Counter()
     labels: list[bool] = []
+    pairs: dict[int, list[bool]] = defaultdict(list)
     for i in range(args.videos):
         truth, idx, frames = _sampled(args.seeds + i)
         memory = enc.encode(frames, np.asarray(idx, dtype=np.float64) / truth["fps"]).memory
@@ -122,11 +124,18 @@ def orders(args) -> dict:
         if q is not None:
             (r,) = score_questions(vx, memory, [q])
             count[f"{q.answer}->{r['chosen']}"] += 1
-        label_rng = np.random.default_rng([6, i])  # its own draws: the numbers above do not move
+        label_rng = np.random.default_rng([6, i])  # their own draws: the numbers above do not move
+        pair_rng = np.random.default_rng([7, i])
         for _ in range(args.draws):
             q = make_question(truth, "event_label", label_rng)
             if q is not None:
                 labels.extend(bool(r["correct"]) for r in score_questions(vx, memory, [q]))
+            q = make_question(truth, "event_pair", pair_rng)
+            if q is not None:
+                (r,) = score_questions(vx, memory, [q])
+                asked = q.question.split("\n")[-1].split("event ")[1:]
+                cuts = sum(line.startswith(f"{n[0]}. The scene cuts") for n in asked for line in q.question.split("\n"))
+                pairs[cuts].append(bool(r["correct"]))
 
     def acc(v):
         return {"correct": int(sum(v)), "total": len(v)}
@@ -134,6 +143,7 @@ def orders(args) -> dict:
     return {"event_order_by_cuts": {k: acc(v) for k, v in sorted(by_cuts.items())},
             "event_order_first_number": acc(first),
             "event_label": acc(labels),
+            "event_pair_by_cuts": {k: acc(v) for k, v in sorted(pairs.items())},
             "bg_first_by_scene_gap": {k: acc(v) for k, v in sorted(by_gap.items())},
             "scene_count_true_to_chosen": dict(sorted(count.items()))}
 

@@ -16,6 +16,7 @@ answer among distractors; scored by option log-likelihood, `VideoXL.score_option
 | `event_order` | VICO's open ordering question over 3 events of the truth JSON | up to 4 orders `3, 1, 2` |
 | `describe` | Describe the video from start to end. | none: an open answer, for training (`TRAINING_TYPES`) |
 | `event_label` | event_order's numbered lines, then `Which number is the event "..."?` | "1" .. "3", for training (`TRAINING_TYPES`) |
+| `event_pair` | event_order's numbered lines, then `Which happens first: event {a} or event {b}?` | the 2 numbers, for training (`TRAINING_TYPES`) |
 
 Everything is drawn from a `numpy.random.Generator` the caller seeds, so a question set is
 reproducible. Pure Python + numpy; the truth layout is `tasks.samples.plan_toy_video`'s.
@@ -32,12 +33,14 @@ import numpy as np
 QUESTION_TYPES: tuple[str, ...] = (
     "bg_start", "bg_end", "object_color", "object_shape", "scene_count", "bg_order", "bg_first", "event_order",
 )
-TRAINING_TYPES: tuple[str, ...] = (*QUESTION_TYPES, "describe", "event_label")
+TRAINING_TYPES: tuple[str, ...] = (*QUESTION_TYPES, "describe", "event_label", "event_pair")
 """What `vxl train --question-types` accepts: the scored types, `describe` (a dense caption of the
 whole video in time order, `describe_video`; the captioning stage of LLaVA-style training, with
-an open answer, so it is not in the multiple-choice evaluation) and `event_label` (the numbered
-lines of `event_order`, asked for the number of one quoted line: the text-to-label binding that
-`event_order` needs, taught on its own; docs/EVALUATION.md, eleventh session)."""
+an open answer, so it is not in the multiple-choice evaluation), `event_label` (the numbered
+lines of `event_order`, asked for the number of one quoted line: the text-to-label lookup that
+`event_order` needs, taught on its own) and `event_pair` (the same lines, asked which of two
+happens first: event order's comparison, two lines at a time); docs/EVALUATION.md, eleventh
+session."""
 DESCRIBE_QUESTION = "Describe the video from start to end."
 SCENE_COUNT_OPTIONS: tuple[str, ...] = tuple(str(n) for n in range(2, 9))
 NUM_OPTIONS = 4
@@ -116,7 +119,8 @@ def make_question(truth: dict, qtype: str, rng: np.random.Generator, video_key: 
     """One question of type `qtype` about the video of `truth`, or None when the video cannot pose it
     (`bg_order`/`bg_first` with one scene, `event_order` with fewer than 3 events, object questions
     without exactly one object). `describe` (`TRAINING_TYPES`) has the caption as its only option;
-    `event_label` draws the same 3 numbered lines as `event_order` from the same `rng` state.
+    `event_label` and `event_pair` draw the same 3 numbered lines as `event_order` from the same
+    `rng` state.
 
     Raises:
         ValueError: an unknown `qtype`.
@@ -182,6 +186,10 @@ def make_question(truth: dict, qtype: str, rng: np.random.Generator, video_key: 
             t = int(rng.integers(len(texts)))
             question = listed + f"Which number is the event \"{texts[t].rstrip('.')}\"? Answer with its number."
             answer, options = str(labels[t]), tuple(str(j + 1) for j in range(len(texts)))
+        elif qtype == "event_pair":
+            a, b = sorted(int(x) + 1 for x in rng.choice(len(texts), size=2, replace=False))
+            question = listed + f"Which happens first: event {a} or event {b}? Answer with its number."
+            answer, options = str(min((a, b), key=lambda x: presented[x - 1])), (str(a), str(b))
         else:
             question = listed + ("Put the events in the order in which they happen in the video. "
                                  "Answer with the event numbers in order, separated by commas.")

@@ -114,8 +114,9 @@ class TrainConfig(JobOptions):
                           "and ratios) or mixed (each sample draws one).")
     question_types: list[str] = option(None, "--question-types", split=",", default_factory=lambda: list(QUESTION_TYPES),
                                        help="Comma-separated tasks.qa question types drawn for ground-truth videos, describe "
-                                       "(a dense caption) or event_label (which numbered line is a quoted event; "
-                                       "default: every scored type; a type given twice is drawn twice as often).")
+                                       "(a dense caption), event_label (which numbered line is a quoted event) or event_pair "
+                                       "(which of two numbered events is first; default: every scored type; a type "
+                                       "given twice is drawn twice as often).")
     questions_per_sample: int = option(4, "--questions-per-sample", help="Question/answer turns per video and step "
                                        "(each against the same memory).")
     objective: str = option("answers", "--objective", help="answers (the answer-token loss: Video-XL's training) or "

@@ -580,17 +580,17 @@ def test_the_describe_caption_tells_what_the_frames_show_in_order():
 
 
 def test_event_questions_point_at_the_lines_the_truth_orders():
-    """`event_order` and the training-only `event_label` list 3 events of the truth JSON as numbered
-    lines. Read back from the question text: `event_order`'s answer names the lines in the truth's
-    time order (by `start_s`), its other options are other orders of the same labels; `event_label`'s
-    answer is the number of the line whose text it quotes. Both draw the same 3 lines from the same
-    seed, so `event_label` trains the binding that `event_order` needs."""
+    """`event_order` and the training-only `event_label` and `event_pair` list 3 events of the truth
+    JSON as numbered lines. Read back from the question text: `event_order`'s answer names the lines
+    in the truth's time order (by `start_s`), its other options are other orders of the same labels;
+    `event_label`'s answer is the number of the line whose text it quotes; `event_pair`'s is the
+    earlier of its two lines. All draw the same 3 lines from the same seed."""
     import re
 
     from tasks.qa import QUESTION_TYPES, TRAINING_TYPES, make_question
     from tasks.samples import plan_toy_video
 
-    assert "event_label" in TRAINING_TYPES and "event_label" not in QUESTION_TYPES
+    assert {"event_label", "event_pair"} <= set(TRAINING_TYPES) - set(QUESTION_TYPES)
     seen = 0
     for seed in range(30, 60):
         truth = plan_toy_video(seed, width=160, height=120, fps=8)
@@ -610,4 +610,9 @@ def test_event_questions_point_at_the_lines_the_truth_orders():
         assert all(sorted(o.split(", ")) == ["1", "2", "3"] for o in order.options)
         quoted = re.search(r'Which number is the event "(.+)"\?', label.question).group(1)
         assert lines[label.answer] == quoted and label.options == ("1", "2", "3"), (seed, label)
+        pair = make_question(truth, "event_pair", np.random.default_rng(seed))
+        assert dict(re.findall(r"^(\d)\. (.+?)\.?$", pair.question, flags=re.M)) == lines
+        a, b = re.search(r"Which happens first: event (\d) or event (\d)\?", pair.question).groups()
+        assert pair.options == (a, b) and a != b
+        assert pair.answer == min((a, b), key=lambda x: start[lines[x].lower()]), (seed, pair)
     assert seen >= 10
