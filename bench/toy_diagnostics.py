@@ -133,8 +133,7 @@ def orders(args) -> dict:
             q = make_question(truth, "event_pair", pair_rng)
             if q is not None:
                 (r,) = score_questions(vx, memory, [q])
-                asked = q.question.split("\n")[-1].split("event ")[1:]
-                cuts = sum(line.startswith(f"{n[0]}. The scene cuts") for n in asked for line in q.question.split("\n"))
+                cuts = sum(line.startswith(f"{n}. The scene cuts") for n in q.options for line in q.question.split("\n"))
                 pairs[cuts].append(bool(r["correct"]))
 
     def acc(v):

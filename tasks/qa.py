@@ -170,7 +170,7 @@ def make_question(truth: dict, qtype: str, rng: np.random.Generator, video_key: 
         a, b = (scenes[i], scenes[j]) if rng.random() < 0.5 else (scenes[j], scenes[i])
         question = f"Which background colour appears first: {a} or {b}?"
         answer, options = scenes[i], (a, b)
-    else:  # event_order (VICO's open question, vico_synth.samples.render_open) / event_label, over 3 events
+    else:  # event_order (VICO's open question, vico_synth.samples.render_open), event_label, event_pair
         from vico_synth.extractors import clean_text
 
         events = truth.get("events", [])
