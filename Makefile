@@ -68,6 +68,16 @@ TOY_ORDER_ONLY := types=event_order,event_order,event_order,event_order
 # stages 7 and 8: stage 6's data, with event_label asked three times (four on the short videos)
 TOY_TYPES_LABEL := bg_start,bg_end,object_color,object_shape,scene_count,scene_count,scene_count,bg_order,bg_first,bg_first,event_order,event_order,event_order,event_order,event_label,event_label,event_label,describe
 TOY_ORDER_LABEL := $(TOY_ORDER_ONLY),event_label,event_label,event_label,event_label
+# stages 6-8: stage OUT ($1) from stage FROM ($2); short 2- and 3-scene videos asked TYPES ($3), the
+# rest QUESTION_TYPES ($4); STEPS ($5), CHECKPOINT_EVERY ($6), SEED ($7)
+define toy_order_stage
+OMP_NUM_THREADS=1 $(BIN)/vxl train --out $(TOY_OUT)/$(1) --model $(TOY_OUT)/$(2)/final --trainable llm,projector \
+    --loss-weighting turn --data toy:800:3:seconds=1-4 --data toy:800 --data "toy:400:5:scenes=2:seconds=2-8:$(3)" \
+    --data "toy:400:6:scenes=3:seconds=2-8:$(3)" --cache-dir $(TOY_OUT)/cache \
+    --question-types $(4) --questions-per-sample 9 --planner mixed --curriculum "0:2,4,8,12,16" \
+    --steps $(5) --batch-size 8 --lr 5e-4 --warmup-steps 20 --checkpoint-every $(6) --keep-checkpoints 5 \
+    --seed $(7) --workers 2 --no-flow
+endef
 toy-model: install
 	$(BIN)/vxl train --out $(TOY_OUT)/vision --model toy-init --objective frames --frame-pool max \
 	    --data toy:800 --cache-dir $(TOY_OUT)/cache --steps $(TOY_VISION_STEPS) --batch-size 4 --lr 2e-3 --warmup-steps 20 \
@@ -90,24 +100,9 @@ toy-model: install
 	    --question-types $(TOY_TYPES_ORDER) --questions-per-sample 9 --planner mixed --curriculum "0:2,4,8,12,16" \
 	    --steps $(TOY_LLM3_STEPS) --batch-size 8 --lr 5e-4 --warmup-steps 20 --checkpoint-every 200 --keep-checkpoints 5 \
 	    --seed 2 --workers 2 --no-flow
-	OMP_NUM_THREADS=1 $(BIN)/vxl train --out $(TOY_OUT)/llm4 --model $(TOY_OUT)/llm3/final --trainable llm,projector \
-	    --loss-weighting turn --data toy:800:3:seconds=1-4 --data toy:800 --data "toy:400:5:scenes=2:seconds=2-8:$(TOY_ORDER_ONLY)" \
-	    --data "toy:400:6:scenes=3:seconds=2-8:$(TOY_ORDER_ONLY)" --cache-dir $(TOY_OUT)/cache \
-	    --question-types $(TOY_TYPES_ORDER) --questions-per-sample 9 --planner mixed --curriculum "0:2,4,8,12,16" \
-	    --steps $(TOY_LLM4_STEPS) --batch-size 8 --lr 5e-4 --warmup-steps 20 --checkpoint-every 250 --keep-checkpoints 5 \
-	    --seed 3 --workers 2 --no-flow
-	OMP_NUM_THREADS=1 $(BIN)/vxl train --out $(TOY_OUT)/llm5 --model $(TOY_OUT)/llm4/final --trainable llm,projector \
-	    --loss-weighting turn --data toy:800:3:seconds=1-4 --data toy:800 --data "toy:400:5:scenes=2:seconds=2-8:$(TOY_ORDER_LABEL)" \
-	    --data "toy:400:6:scenes=3:seconds=2-8:$(TOY_ORDER_LABEL)" --cache-dir $(TOY_OUT)/cache \
-	    --question-types $(TOY_TYPES_LABEL) --questions-per-sample 9 --planner mixed --curriculum "0:2,4,8,12,16" \
-	    --steps $(TOY_LLM5_STEPS) --batch-size 8 --lr 5e-4 --warmup-steps 20 --checkpoint-every 200 --keep-checkpoints 5 \
-	    --seed 4 --workers 2 --no-flow
-	OMP_NUM_THREADS=1 $(BIN)/vxl train --out $(TOY_OUT)/llm6 --model $(TOY_OUT)/llm5/final --trainable llm,projector \
-	    --loss-weighting turn --data toy:800:3:seconds=1-4 --data toy:800 --data "toy:400:5:scenes=2:seconds=2-8:$(TOY_ORDER_LABEL)" \
-	    --data "toy:400:6:scenes=3:seconds=2-8:$(TOY_ORDER_LABEL)" --cache-dir $(TOY_OUT)/cache \
-	    --question-types $(TOY_TYPES_LABEL) --questions-per-sample 9 --planner mixed --curriculum "0:2,4,8,12,16" \
-	    --steps $(TOY_LLM6_STEPS) --batch-size 8 --lr 5e-4 --warmup-steps 20 --checkpoint-every 250 --keep-checkpoints 5 \
-	    --seed 5 --workers 2 --no-flow
+	$(call toy_order_stage,llm4,llm3,$(TOY_ORDER_ONLY),$(TOY_TYPES_ORDER),$(TOY_LLM4_STEPS),250,3)
+	$(call toy_order_stage,llm5,llm4,$(TOY_ORDER_LABEL),$(TOY_TYPES_LABEL),$(TOY_LLM5_STEPS),200,4)
+	$(call toy_order_stage,llm6,llm5,$(TOY_ORDER_LABEL),$(TOY_TYPES_LABEL),$(TOY_LLM6_STEPS),250,5)
 
 # Re-resolve uv.lock after editing pyproject.toml (keeps every other pin; see docs/OPERATIONS.md).
 lock: install
